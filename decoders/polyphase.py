@@ -1,38 +1,75 @@
-"""Zero-free (polyphase) transposed convolution: one stride-1 conv, then depth-to-space.
+"""Zero-free upsampling convolutions: one stride-1 conv on the input grid, then depth-to-space.
 
-A stride-s transposed conv writes tap t of the kernel at full-resolution offset i*s + t*d from
-input sample i. Write t*d = q*s + r: tap t feeds output phase r (positions j = m*s + r) from input
-sample m - q. So every phase is a stride-1 convolution on the *input* grid, and all phases
-together are one stride-1 convolution with s^n * C_out output channels whose kernel G[q, r] holds
-w[t] where t*d == q*s + r (zeros elsewhere), followed by interleaving the phases (depth-to-space).
+Both upsampling operators of this project are, per output phase, stride-1 convolutions on the
+low-resolution input:
 
-XLA's reference computes the same result as a convolution over an input with s-1 zeros inserted
-between samples; this path never touches those zeros, and its gradients are stride-1 convs too.
-The arguments here are already validated per-axis tuples (see `decoders.ops.conv_transpose`).
+* Transposed conv (stride s, dilation d): tap t of the kernel lands at full-resolution offset
+  i*s + t*d from input sample i. Writing t*d = q*s + r, tap t feeds output phase r (positions
+  m*s + r) from input sample m - q. XLA's reference instead convolves an input with s-1 zeros
+  inserted between samples; this path never touches those zeros, and its gradients are stride-1
+  convs too.
+* Nearest resize by f then a conv (kernel k, padding p): output j = m*f + r reads the upsampled
+  sample j + t - p, which is input sample m + floor((r + t - p) / f); taps that hit the same
+  input sample add up, so a 3x3 conv after nearest x2 becomes four 2x2 convs (2.25x fewer
+  multiplies). Zero padding maps exactly onto zero padding of the input.
+
+Either way the phases form one stride-1 correlation with prod(f) * C_out output channels, whose
+kernel G[q, r] = sum_t A[q, r, t] w[t] is a fixed 0/1 selection (A) of the weights. Arguments here
+are already validated per-axis tuples (see `decoders.ops`).
 """
 from __future__ import annotations
 
-import itertools
+import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
+_LETTERS = 'abcdefghjklmn'  # einsum axis names; 'i' and 'o' are the channels
 
-def phase_kernel(w: jax.Array, stride, dilation) -> jax.Array:
-  """(*k, C_in, C_out/g) -> (*Q, C_in, *s, C_out/g) with Q = d(k-1)//s + 1 per axis.
 
-  G[q..., :, r..., :] = w[t...] where t*d == q*s + r on every axis, else 0.
+def _phase_correlate(x, w, selectors, q_lo, m0, m_count, crop, groups, precision):
+  """y[m*f + r] = sum_q x[m + q] G[q, r], over phase-grid rows [m0, m0 + M), then cropped.
+
+  Args:
+    x: (N, *W, C_in).
+    w: (*k, C_in, C_out/groups).
+    selectors: per axis a 0/1 numpy array A (Q, f, k): tap t feeds phase r from offset q_lo + q.
+    q_lo, m0, m_count: per axis ints (first offset, first phase-grid row, number of rows).
+    crop: per axis slices of the interleaved (M*f) axis to return.
   """
-  n = len(stride)
-  kernel = w.shape[:n]
-  taps = [max(t * d // s for t in range(k)) + 1 for k, s, d in zip(kernel, stride, dilation)]
-  g = jnp.zeros((*taps, w.shape[-2], *stride, w.shape[-1]), w.dtype)
-  for t in itertools.product(*(range(k) for k in kernel)):
-    q = tuple(ti * d // s for ti, s, d in zip(t, stride, dilation))
-    r = tuple(ti * d % s for ti, s, d in zip(t, stride, dilation))
-    g = g.at[q + (slice(None),) + r].set(w[t])
-  return g
+  n = x.ndim - 2
+  c_in, c_out_g = w.shape[-2], w.shape[-1]
+  taps = [a.shape[0] for a in selectors]
+  factors = [a.shape[1] for a in selectors]
+  q, r, t = _LETTERS[:n], _LETTERS[n:2 * n].upper(), _LETTERS[2 * n:3 * n]
+  spec = ','.join(f'{q[i]}{r[i]}{t[i]}' for i in range(n)) + f',{t}io->{q}i{r}o'
+  g = jnp.einsum(spec, *[jnp.asarray(a, w.dtype) for a in selectors], w)  # (*Q, C_in, *f, C_out/g)
+  # Group-major output channels (groups, phases, C_out/g) for feature_group_count.
+  g = g.reshape(*taps, groups, c_in // groups, math.prod(factors) * c_out_g)
+  g = jnp.moveaxis(g, n, n + 1).reshape(*taps, c_in // groups, -1)
+  pads = [(-(lo + start), start + m + lo + tq - 1 - size)
+          for lo, start, m, tq, size in zip(q_lo, m0, m_count, taps, x.shape[1:-1])]
+  spatial = 'DHW'[-n:]
+  y = lax.conv_general_dilated(
+      x, g, window_strides=(1,) * n, padding=pads,
+      dimension_numbers=('N' + spatial + 'C', spatial + 'IO', 'N' + spatial + 'C'),
+      feature_group_count=groups, precision=precision)
+  y = depth_to_space(y.reshape(*y.shape[:-1], groups, *factors, c_out_g), factors)
+  return y[(slice(None),) + tuple(crop)]
+
+
+def depth_to_space(y, factors):
+  """(N, *M, G, *f, C) -> (N, *(M*f), G*C): phase r of row m goes to position m*f + r."""
+  n = len(factors)
+  batch, rows, groups, c = y.shape[0], y.shape[1:1 + n], y.shape[1 + n], y.shape[-1]
+  order = [0]
+  for axis in range(n):
+    order += [1 + axis, 2 + n + axis]
+  order += [1 + n, 2 + 2 * n]
+  y = jnp.transpose(y, order)
+  return y.reshape(batch, *(m * f for m, f in zip(rows, factors)), groups * c)
 
 
 def conv_transpose(x, w, *, stride, padding, output_padding, dilation, groups,
@@ -47,38 +84,49 @@ def conv_transpose(x, w, *, stride, padding, output_padding, dilation, groups,
     (N, *L, C_out), L = (W-1)s - 2p + d(k-1) + output_padding + 1 per axis.
   """
   n = x.ndim - 2
-  kernel, c_in, c_out_g = w.shape[:n], w.shape[-2], w.shape[-1]
-  sizes = x.shape[1:-1]
-  out_sizes = [(size - 1) * s - 2 * p + d * (k - 1) + op + 1 for size, k, s, p, op, d
-               in zip(sizes, kernel, stride, padding, output_padding, dilation)]
-  g = phase_kernel(w, stride, dilation)                       # (*Q, C_in, *s, C_out/g)
-  taps = g.shape[:n]
-  phases = 1
-  for s in stride:
-    phases *= s
-  # Conv kernel (*Q, C_in/groups, groups * phases * C_out/g), group-major output channels,
-  # flipped because y_r[m] = sum_q x[m - q] G[q, r] is a true convolution.
-  g = g.reshape(*taps, groups, c_in // groups, phases * c_out_g)
-  g = jnp.moveaxis(g, n, n + 1).reshape(*taps, c_in // groups, groups * phases * c_out_g)
-  g = jnp.flip(g, axis=tuple(range(n)))
-  # Phase-grid rows m in [m0, m0 + M) cover full-resolution positions [p, p + L).
-  m0 = [p // s for p, s in zip(padding, stride)]
-  m_count = [-(-(p + length) // s) - lo for p, length, s, lo in zip(padding, out_sizes, stride, m0)]
-  pads = [(q - 1 - lo, lo + m - size) for q, lo, m, size in zip(taps, m0, m_count, sizes)]
-  spatial = 'DHW'[-n:]
-  y = lax.conv_general_dilated(
-      x, g, window_strides=(1,) * n, padding=pads,
-      dimension_numbers=('N' + spatial + 'C', spatial + 'IO', 'N' + spatial + 'C'),
-      feature_group_count=groups, precision=precision)
-  # Depth-to-space: (N, *M, groups, *s, C_out/g) -> (N, M1, s1, M2, s2, ..., groups, C_out/g).
-  batch = y.shape[0]
-  y = y.reshape(batch, *m_count, groups, *stride, c_out_g)
-  order = [0]
-  for axis in range(n):
-    order += [1 + axis, 2 + n + axis]
-  order += [1 + n, 2 + 2 * n]
-  y = jnp.transpose(y, order)
-  y = y.reshape(batch, *(m * s for m, s in zip(m_count, stride)), groups * c_out_g)
-  crop = tuple(slice(p - lo * s, p - lo * s + length)
-               for p, lo, s, length in zip(padding, m0, stride, out_sizes))
-  return y[(slice(None),) + crop]
+  selectors, q_lo, m0, m_count, crop = [], [], [], [], []
+  for size, k, s, p, op, d in zip(x.shape[1:-1], w.shape[:n], stride, padding, output_padding,
+                                  dilation):
+    length = (size - 1) * s - 2 * p + d * (k - 1) + op + 1
+    taps = d * (k - 1) // s + 1
+    a = np.zeros((taps, s, k), np.float32)
+    for t in range(k):  # input sample m - (t*d // s) feeds phase t*d % s; offsets run backwards
+      a[taps - 1 - t * d // s, t * d % s, t] = 1
+    selectors.append(a)
+    q_lo.append(-(taps - 1))
+    m0.append(p // s)  # phase-grid rows covering full-resolution positions [p, p + length)
+    m_count.append(-(-(p + length) // s) - p // s)
+    crop.append(slice(p % s, p % s + length))
+  return _phase_correlate(x, w, selectors, q_lo, m0, m_count, crop, groups, precision)
+
+
+def nearest_upsample_conv(x, w, *, factor, padding, groups=1, precision=None) -> jax.Array:
+  """conv(nearest_resize(x, factor), w, padding) computed on the input grid.
+
+  Args:
+    x: (N, *W, C_in).
+    w: (*k, C_in/groups, C_out), the `decoders.ops.conv` layout.
+    factor, padding: per-axis int tuples (stride 1, dilation 1).
+  Returns:
+    (N, *L, C_out), L = f*W + 2p - k + 1 per axis.
+  """
+  n = x.ndim - 2
+  # conv layout (*k, C_in/g, C_out) -> the (*k, C_in, C_out/g) layout _phase_correlate expects:
+  # a block-diagonal expansion is only needed for groups > 1.
+  if groups > 1:
+    c_in_g, c_out = w.shape[-2], w.shape[-1]
+    w = w.reshape(*w.shape[:n], c_in_g, groups, c_out // groups)
+    w = jnp.moveaxis(w, n + 1, n).reshape(*w.shape[:n], groups * c_in_g, c_out // groups)
+  selectors, q_lo, m_count, crop = [], [], [], []
+  for size, k, f, p in zip(x.shape[1:-1], w.shape[:n], factor, padding):
+    length = f * size + 2 * p - k + 1
+    lo, hi = -p // f, (f - 1 + k - 1 - p) // f
+    a = np.zeros((hi - lo + 1, f, k), np.float32)
+    for r in range(f):
+      for t in range(k):
+        a[(r + t - p) // f - lo, r, t] += 1
+    selectors.append(a)
+    q_lo.append(lo)
+    m_count.append(-(-length // f))
+    crop.append(slice(0, length))
+  return _phase_correlate(x, w, selectors, q_lo, [0] * n, m_count, crop, groups, precision)
