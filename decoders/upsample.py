@@ -1,0 +1,216 @@
+"""Upsampling blocks (Flax NNX) behind one registry, `UPSAMPLERS`.
+
+Contract: `Block(in_ch, out_ch, *, factor, rngs, **options)` maps (N, H, W, in_ch) to
+(N, f*H, f*W, out_ch). Options are plain keyword arguments, so a misspelled one fails in the
+constructor (`make_upsampler` turns that into a ValueError listing the valid options). Every
+block loads the weights of its PyTorch equivalent with `load_torch(state_dict)`:
+
+  tconv        nn.ConvTranspose2d(k, stride=f, padding, output_padding)   (checkerboard-prone)
+  resize_conv  F.interpolate(scale_factor=f, mode) + nn.Conv2d(k3, p1)
+  subpixel     nn.Conv2d(k3, p1, out_ch*f^2) + nn.PixelShuffle(f), optional ICNR init
+  tconv_blur   nn.ConvTranspose2d + a fixed normalised binomial low-pass (depthwise, zero pad)
+"""
+from __future__ import annotations
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from decoders import ops, polyphase
+
+RESIZE_METHODS = ('nearest', 'bilinear', 'bicubic', 'lanczos3')
+IMPLS = ops.CONV_TRANSPOSE_IMPLS
+
+
+def _check_factor(factor) -> int:
+  if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
+    raise ValueError(f'factor must be a positive int, got {factor!r}')
+  return factor
+
+
+def _check_choice(name: str, value, choices):
+  if value not in choices:
+    raise ValueError(f'{name} must be one of {tuple(choices)}, got {value!r}')
+  return value
+
+
+def _kernel_param(rngs: nnx.Rngs, shape, fan_in: int) -> nnx.Param:
+  """He-uniform-like init, variance 1/fan_in (as PyTorch's default conv init scales)."""
+  bound = np.sqrt(3.0 / fan_in)
+  return nnx.Param(jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound))
+
+
+def _load(param: nnx.Param, value) -> None:
+  value = jnp.asarray(value, jnp.float32)
+  if value.shape != param[...].shape:
+    raise ValueError(f'weight shape {value.shape} does not match the block\'s '
+                     f'{param[...].shape}')
+  param[...] = value
+
+
+class TConv(nnx.Module):
+  """Transposed conv with stride f; padding chosen so the output is exactly f times the input.
+
+  Options:
+    kernel_size: the default 3 gives PyTorch's (k3, s2, p1, output_padding 1); 4 gives (k4, s2, p1).
+    impl: 'auto' | 'reference' | 'polyphase' (see `ops.conv_transpose`).
+  """
+
+  def __init__(self, in_ch: int, out_ch: int, *, factor: int, rngs: nnx.Rngs,
+               kernel_size: int = 3, impl: str = 'auto'):
+    self.factor = _check_factor(factor)
+    if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1:
+      raise ValueError(f'kernel_size must be a positive int, got {kernel_size!r}')
+    self.padding, self.output_padding = ops.transposed_padding_for_factor(kernel_size, factor)
+    self.impl = _check_choice('impl', impl, IMPLS)
+    # Each output sees ~in_ch * (k/f)^2 taps; that is the fan-in that keeps the variance.
+    fan_in = max(1, round(in_ch * kernel_size ** 2 / factor ** 2))
+    self.kernel = _kernel_param(rngs, (kernel_size, kernel_size, in_ch, out_ch), fan_in)
+    self.bias = nnx.Param(jnp.zeros((out_ch,), jnp.float32))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = ops.conv_transpose(x, self.kernel[...], stride=self.factor, padding=self.padding,
+                           output_padding=self.output_padding, impl=self.impl)
+    return y + self.bias[...]
+
+  def load_torch(self, state_dict) -> None:
+    """From nn.ConvTranspose2d(in_ch, out_ch, k, stride=f, ...).state_dict()."""
+    _load(self.kernel, ops.kernel_from_torch(state_dict['weight'], transposed=True))
+    _load(self.bias, state_dict['bias'])
+
+
+class ResizeConv(nnx.Module):
+  """`jax.image.resize` by f, then a k3 conv with PyTorch padding 1.
+
+  Options:
+    method: 'nearest' | 'bilinear' | 'bicubic' | 'lanczos3'. Nearest and bilinear equal
+      F.interpolate(scale_factor=f, mode, align_corners=False).
+    impl: 'auto' and 'polyphase' compute nearest + conv on the low-resolution grid (exact,
+      2.25x fewer multiplies for f=2); 'reference' resizes first.
+  """
+
+  def __init__(self, in_ch: int, out_ch: int, *, factor: int, rngs: nnx.Rngs,
+               method: str = 'nearest', impl: str = 'auto'):
+    self.factor = _check_factor(factor)
+    self.method = _check_choice('method', method, RESIZE_METHODS)
+    self.impl = _check_choice('impl', impl, IMPLS)
+    self.kernel = _kernel_param(rngs, (3, 3, in_ch, out_ch), in_ch * 9)
+    self.bias = nnx.Param(jnp.zeros((out_ch,), jnp.float32))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.method == 'nearest' and self.impl != 'reference':
+      y = polyphase.nearest_upsample_conv(x, self.kernel[...], factor=(self.factor,) * 2,
+                                          padding=(1, 1))
+    else:
+      n, h, w, c = x.shape
+      up = jax.image.resize(x, (n, h * self.factor, w * self.factor, c), self.method)
+      y = ops.conv(up, self.kernel[...], padding=1)
+    return y + self.bias[...]
+
+  def load_torch(self, state_dict) -> None:
+    """From nn.Conv2d(in_ch, out_ch, 3, padding=1).state_dict()."""
+    _load(self.kernel, ops.kernel_from_torch(state_dict['weight'], transposed=False))
+    _load(self.bias, state_dict['bias'])
+
+
+def depth_to_space(x: jax.Array, factor: int) -> jax.Array:
+  """nn.PixelShuffle in channels-last: channel c*f^2 + i*f + j -> pixel (f*h + i, f*w + j), c."""
+  n, h, w, c = x.shape
+  x = x.reshape(n, h, w, c // factor ** 2, factor, factor)
+  return x.transpose(0, 1, 4, 2, 5, 3).reshape(n, h * factor, w * factor, c // factor ** 2)
+
+
+class SubPixel(nnx.Module):
+  """Sub-pixel convolution: k3 conv to out_ch*f^2 channels, then depth-to-space (PixelShuffle).
+
+  Options:
+    init: 'icnr' (Aitken et al. 2017: all f^2 sub-pixels of a channel share one kernel, so at
+      init the block is a k3 conv followed by nearest upsampling: no checkerboard) or 'default'.
+    impl: accepted for a uniform interface; this block has no zero-insertion to remove.
+  """
+
+  def __init__(self, in_ch: int, out_ch: int, *, factor: int, rngs: nnx.Rngs,
+               init: str = 'icnr', impl: str = 'auto'):
+    self.factor = _check_factor(factor)
+    _check_choice('init', init, ('icnr', 'default'))
+    _check_choice('impl', impl, IMPLS)
+    f2 = self.factor ** 2
+    if init == 'icnr':
+      base = _kernel_param(rngs, (3, 3, in_ch, out_ch), in_ch * 9)[...]
+      kernel = jnp.repeat(base, f2, axis=-1)  # channel c*f^2 + phase copies channel c
+    else:
+      kernel = _kernel_param(rngs, (3, 3, in_ch, out_ch * f2), in_ch * 9)[...]
+    self.kernel = nnx.Param(kernel)
+    self.bias = nnx.Param(jnp.zeros((out_ch * f2,), jnp.float32))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = ops.conv(x, self.kernel[...], padding=1) + self.bias[...]
+    return depth_to_space(y, self.factor)
+
+  def load_torch(self, state_dict) -> None:
+    """From nn.Conv2d(in_ch, out_ch * f^2, 3, padding=1).state_dict() (then nn.PixelShuffle(f))."""
+    _load(self.kernel, ops.kernel_from_torch(state_dict['weight'], transposed=False))
+    _load(self.bias, state_dict['bias'])
+
+
+def binomial_filter(taps: int) -> np.ndarray:
+  """Normalised 2-D binomial low-pass, e.g. taps=3: outer([1,2,1], [1,2,1]) / 16."""
+  row = np.array([1.0])
+  for _ in range(taps - 1):
+    row = np.convolve(row, [1.0, 1.0])
+  return np.outer(row, row) / row.sum() ** 2
+
+
+class TConvBlur(nnx.Module):
+  """Transposed conv followed by a fixed binomial blur (the filtered upsampling of StyleGAN2).
+
+  The blur is depthwise with zero padding taps // 2, so the output stays exactly f times larger.
+
+  Options:
+    kernel_size, impl: as for `tconv`.
+    blur_taps: odd length of the binomial filter (3 = [1, 2, 1]).
+  """
+
+  def __init__(self, in_ch: int, out_ch: int, *, factor: int, rngs: nnx.Rngs,
+               kernel_size: int = 3, blur_taps: int = 3, impl: str = 'auto'):
+    if not isinstance(blur_taps, int) or blur_taps < 1 or blur_taps % 2 == 0:
+      raise ValueError(f'blur_taps must be a positive odd int, got {blur_taps!r}')
+    self.tconv = TConv(in_ch, out_ch, factor=factor, rngs=rngs, kernel_size=kernel_size,
+                       impl=impl)
+    self.blur_taps = blur_taps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = self.tconv(x)
+    c = y.shape[-1]
+    blur = jnp.asarray(binomial_filter(self.blur_taps), y.dtype)[:, :, None, None]
+    return ops.conv(y, jnp.tile(blur, (1, 1, 1, c)), padding=self.blur_taps // 2, groups=c)
+
+  def load_torch(self, state_dict) -> None:
+    """From nn.ConvTranspose2d(...).state_dict() (the blur has no parameters)."""
+    self.tconv.load_torch(state_dict)
+
+
+UPSAMPLERS = {
+    'tconv': TConv,
+    'resize_conv': ResizeConv,
+    'subpixel': SubPixel,
+    'tconv_blur': TConvBlur,
+}
+
+
+def make_upsampler(name: str, in_ch: int, out_ch: int, *, factor: int, rngs: nnx.Rngs,
+                   **options) -> nnx.Module:
+  """UPSAMPLERS[name](in_ch, out_ch, factor=factor, rngs=rngs, **options), with clear errors."""
+  if name not in UPSAMPLERS:
+    raise ValueError(f'unknown upsampler {name!r}; valid names: {", ".join(UPSAMPLERS)}')
+  block = UPSAMPLERS[name]
+  valid = [p for p in inspect.signature(block.__init__).parameters
+           if p not in ('self', 'in_ch', 'out_ch', 'factor', 'rngs')]
+  unknown = sorted(set(options) - set(valid))
+  if unknown:
+    raise ValueError(f'unknown option(s) {unknown} for upsampler {name!r}; valid options: '
+                     f'{", ".join(valid)}')
+  return block(in_ch, out_ch, factor=factor, rngs=rngs, **options)
