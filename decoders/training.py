@@ -1,0 +1,331 @@
+"""Training: state, the jitted train step, the loop, resume, and the run directory.
+
+One run = one process, one config, one workdir; the workdir alone rebuilds the run:
+
+  workdir/config.json       the config, written first
+  workdir/checkpoints/      orbax steps (restored newest-valid-first)
+  workdir/metrics.jsonl     one JSON line per log step (and eval)
+  workdir/events.*          TensorBoard (tensorboardX)
+  workdir/figures/          reconstruction grid (and prior samples for a vae) at the end
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from decoders import checkpoint, data, models
+from decoders import metrics_io
+
+# Keys whose change does not change what a run computes: resuming a workdir with these changed is
+# allowed. num_steps joins them only under a constant schedule (cosine decays to 0 at num_steps).
+RESUMABLE_KEYS = ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints',
+                  'eval.num_val', 'eval.batch_size', 'eval.num_images', 'data.dir')
+
+
+class RunError(ValueError):
+  """A user-facing problem with a run (config, workdir, divergence); one-line message."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Config checks.
+
+def validate_config(config) -> None:
+  """Raises RunError for values no run can use (types are already checked by ml_collections)."""
+  checks = [
+      (config.batch_size >= 1, f'batch_size must be >= 1, got {config.batch_size}'),
+      (config.num_steps >= 1, f'num_steps must be >= 1, got {config.num_steps}'),
+      (config.learning_rate > 0, f'learning_rate must be > 0, got {config.learning_rate}'),
+      (config.warmup_steps >= 0, f'warmup_steps must be >= 0, got {config.warmup_steps}'),
+      (config.log_every >= 1, f'log_every must be >= 1, got {config.log_every}'),
+      (config.eval_every >= 0, f'eval_every must be >= 0, got {config.eval_every}'),
+      (config.checkpoint_every >= 1,
+       f'checkpoint_every must be >= 1, got {config.checkpoint_every}'),
+      (config.keep_checkpoints >= 1,
+       f'keep_checkpoints must be >= 1, got {config.keep_checkpoints}'),
+      (config.lr_schedule in ('cosine', 'constant'),
+       f"lr_schedule must be 'cosine' or 'constant', got {config.lr_schedule!r}"),
+      (config.model.likelihood_std > 0,
+       f'model.likelihood_std must be > 0, got {config.model.likelihood_std}'),
+      (config.eval.batch_size >= 1, f'eval.batch_size must be >= 1, got {config.eval.batch_size}'),
+      (config.model.impl in ('auto', 'reference', 'polyphase'),
+       f"model.impl must be 'auto', 'reference' or 'polyphase', got {config.model.impl!r}"),
+  ]
+  for ok, message in checks:
+    if not ok:
+      raise RunError(message)
+  devices = jax.device_count()
+  if config.batch_size % devices:
+    raise RunError(f'batch_size={config.batch_size} must be divisible by the {devices} devices')
+
+
+def _flatten(config_dict, prefix=''):
+  out = {}
+  for key, value in config_dict.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def prepare_workdir(workdir: str, config, *, overwrite: bool) -> None:
+  """Creates workdir and writes config.json, refusing a workdir that holds a different run."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise RunError(f'cannot create workdir {workdir}: {e.strerror}') from e
+  if not os.access(workdir, os.W_OK):
+    raise RunError(f'workdir {workdir} is not writable')
+  path = os.path.join(workdir, 'config.json')
+  new = json.loads(config.to_json())
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        old = json.load(f)
+    except (OSError, ValueError) as e:
+      raise RunError(f'{path} exists but cannot be read ({e}); use another --workdir') from e
+    changed = sorted(k for k in set(_flatten(old)) | set(_flatten(new))
+                     if _flatten(old).get(k) != _flatten(new).get(k))
+    resumable = RESUMABLE_KEYS + (('num_steps',) if config.lr_schedule == 'constant' else ())
+    different = [k for k in changed if k not in resumable]
+    if different and not overwrite:
+      shown = ', '.join(f'{k}: {_flatten(old).get(k)!r} -> {_flatten(new).get(k)!r}'
+                        for k in different[:4])
+      raise RunError(f'{workdir} holds a run with a different config ({shown}); use a new '
+                     f'--workdir, or --overwrite to continue this run under the new config')
+    if changed:
+      logging.warning('workdir config changed (%s); resuming under the new config',
+                      ', '.join(changed))
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(config.to_json(indent=2))
+  os.replace(tmp, path)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The locked config of the run in `workdir` (from config.json)."""
+  path = os.path.join(workdir, 'config.json')
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f)).lock()
+  except FileNotFoundError as e:
+    raise RunError(f'no run in {workdir}: {path} not found') from e
+  except (OSError, ValueError) as e:
+    raise RunError(f'cannot read {path}: {e}') from e
+
+
+# ------------------------------------------------------------------------------------------------
+# Optimizer, loss, step.
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """Adam with linear warmup, then cosine decay to 0 at num_steps (or constant)."""
+  warmup = min(config.warmup_steps, config.num_steps - 1)
+  if config.lr_schedule == 'cosine':
+    schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, max(warmup, 0),
+                                                  config.num_steps)
+  else:
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, config.learning_rate, max(warmup, 1)),
+         optax.constant_schedule(config.learning_rate)], [max(warmup, 1)])
+  return optax.adam(schedule)
+
+
+def loss_fn(params, graphdef, batch, noise_key, *, likelihood_std: float):
+  """AE: mean squared error. VAE: negative ELBO per pixel (Gaussian likelihood), constant dropped.
+
+  Returns (loss, mse).
+  """
+  model = nnx.merge(graphdef, params)
+  recon, (mean, log_var) = model(batch, noise_key)
+  mse = jnp.mean((recon - batch) ** 2)
+  if log_var is None:
+    return mse, mse
+  pixels = math.prod(batch.shape[1:])
+  kl = 0.5 * jnp.sum(jnp.exp(log_var) + mean ** 2 - 1.0 - log_var, axis=-1)
+  loss = mse / (2 * likelihood_std ** 2) + jnp.mean(kl) / pixels
+  return loss, mse
+
+
+def train_step(state, images, indices, *, graphdef, tx, seed: int, likelihood_std: float,
+               batch_sharding=None):
+  """One optimisation step; pure. `state` holds step, params, opt_state, first_nonfinite.
+
+  The batch is gathered here from the device-resident uint8 `images`; the VAE's noise key is
+  fold_in(key(seed), step), so the step is a pure function of (state, images, indices).
+  """
+  batch = data.get_batch(images, indices)
+  if batch_sharding is not None:
+    batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+  noise_key = jax.random.fold_in(jax.random.key(seed), state['step'])
+  (loss, mse), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state['params'], graphdef, batch, noise_key, likelihood_std=likelihood_std)
+  updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+  finite = jnp.isfinite(loss)
+  first_nonfinite = jnp.where(~finite & (state['first_nonfinite'] < 0), state['step'],
+                              state['first_nonfinite'])
+  new_state = dict(step=state['step'] + 1, params=optax.apply_updates(state['params'], updates),
+                   opt_state=opt_state, first_nonfinite=first_nonfinite)
+  return new_state, dict(loss=loss, mse=mse)
+
+
+def init_state(params, tx):
+  return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+              first_nonfinite=jnp.full((), -1, jnp.int32))
+
+
+# ------------------------------------------------------------------------------------------------
+# The run.
+
+class Run:
+  """Everything a run (or its eval) needs, built from config + workdir (creates checkpoints/)."""
+
+  def __init__(self, config, workdir: str, dataset: data.Dataset | None = None):
+    self.config, self.workdir = config, workdir
+    self.dataset = dataset if dataset is not None else data.build_dataset(config)
+    try:
+      model = models.build_model(config.model, self.dataset.image_shape,
+                                 train_mean=self.dataset.train_mean, seed=config.seed)
+    except ValueError as e:
+      raise RunError(str(e)) from e
+    self.graphdef, params = nnx.split(model)
+    self.tx = make_optimizer(config)
+    self.mesh = Mesh(np.asarray(jax.devices()), ('data',))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.batch_sharding = NamedSharding(self.mesh, P('data'))
+    self.initial_state = jax.device_put(init_state(params, self.tx), self.replicated)
+    self.checkpoints = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                               max_to_keep=config.keep_checkpoints)
+
+  def model(self, state) -> models.AutoEncoder:
+    return nnx.merge(self.graphdef, state['params'])
+
+  def restore(self):
+    """(step, state) of the newest valid checkpoint, or (0, initial state)."""
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.replicated),
+        self.initial_state)
+    try:
+      restored = self.checkpoints.restore_latest(abstract)
+    except checkpoint.CheckpointError as e:
+      raise RunError(str(e)) from e
+    for step, reason in self.checkpoints.skipped:
+      logging.warning('skipped damaged checkpoint step %d: %s', step, reason)
+    if restored is None:
+      return 0, self.initial_state
+    return restored
+
+  def step_fn(self):
+    c = self.config
+    fn = functools.partial(train_step, graphdef=self.graphdef, tx=self.tx, seed=c.seed,
+                           likelihood_std=c.model.likelihood_std,
+                           batch_sharding=self.batch_sharding)
+    return jax.jit(fn, donate_argnums=0, out_shardings=(self.replicated, self.replicated))
+
+  def indices(self, step: int) -> jax.Array:
+    host = data.batch_indices(self.config.seed, step, self.dataset.train.shape[0],
+                              self.config.batch_size)
+    return jax.make_array_from_callback(host.shape, self.batch_sharding, lambda i: host[i])
+
+
+def restore_for_eval(workdir: str):
+  """(config, model, step, skipped) of the newest valid checkpoint of the run in `workdir`."""
+  config = load_config(workdir)
+  run = Run(config, workdir)
+  step, state = run.restore()
+  if step == 0:
+    raise RunError(f'no checkpoint in {os.path.join(workdir, "checkpoints")}: train first')
+  return config, run.model(state), step, list(run.checkpoints.skipped)
+
+
+def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
+                       stop_after: int | None = None) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns the final val metrics.
+
+  Args:
+    config: the locked run config.
+    workdir: the run directory.
+    overwrite: continue a workdir whose config.json differs (nothing is deleted).
+    stop_after: stop after this step, saving a checkpoint, as a preempted job would (tests,
+      time-boxed jobs); running again resumes.
+  """
+  from decoders import evaluation  # the one eval path; imported here to keep startup light
+  validate_config(config)
+  prepare_workdir(workdir, config, overwrite=overwrite)
+  run = Run(config, workdir)
+  images = jax.device_put(run.dataset.train, run.replicated)
+  val = run.dataset.val[:config.eval.num_val]
+  start, state = run.restore()
+  if start:
+    logging.info('resuming from step %d', start)
+  step_fn = run.step_fn()
+  writer = metrics_io.MetricWriter(workdir)
+  progress = metrics_io.Progress(start, config.num_steps)
+  last_saved, t_log, s_log = start, time.perf_counter(), start
+  timing = dict(first_step_s=None, train_s=0.0)
+  final = {}
+  try:
+    end = config.num_steps if stop_after is None else min(stop_after, config.num_steps)
+    for step in range(start, end):
+      t0 = time.perf_counter()
+      state, step_metrics = step_fn(state, images, run.indices(step))
+      if timing['first_step_s'] is None:
+        jax.block_until_ready(state['step'])
+        timing['first_step_s'] = time.perf_counter() - t0
+      done = step + 1
+      is_last = done == end
+      if done % config.log_every == 0 or is_last:
+        _check_finite(state, last_saved)
+        now = time.perf_counter()
+        loss, mse = float(step_metrics['loss']), float(step_metrics['mse'])
+        ips = (done - s_log) * config.batch_size / max(now - t_log, 1e-9)
+        timing['train_s'] += now - t_log
+        t_log, s_log = now, done
+        record = {'train/loss': loss, 'train/psnr': -10 * math.log10(max(mse, 1e-10)),
+                  'train/images_per_s': ips}
+        writer.write(done, record)
+        progress.update(done, record)
+      if (config.eval_every and done % config.eval_every == 0) or is_last:
+        final = evaluation.evaluate(run.model(state), val, batch_size=config.eval.batch_size,
+                                    stride=config.eval.spectral_stride,
+                                    likelihood_std=config.model.likelihood_std)
+        writer.write(done, {f'eval/val/{k}': v for k, v in final.items()})
+        t_log = time.perf_counter()  # eval time is not training throughput
+      if done % config.checkpoint_every == 0 or is_last:
+        _check_finite(state, last_saved)
+        run.checkpoints.save(done, state)
+        last_saved = done
+    run.checkpoints.wait_until_finished()
+  finally:
+    progress.close()
+    writer.close()
+  if start < end == config.num_steps:
+    summary = dict(step=end, first_step_s=timing['first_step_s'],
+                   train_s=timing['train_s'],
+                   images_per_s=(end - start) * config.batch_size
+                   / max(timing['train_s'], 1e-9))
+    metrics_io.write_json(os.path.join(workdir, 'train_summary.json'), summary)
+    evaluation.save_figures(run.model(state), run.dataset.val, final,
+                            os.path.join(workdir, 'figures'), batch_size=config.eval.batch_size,
+                            stride=config.eval.spectral_stride, num_images=config.eval.num_images,
+                            title=f'{config.dataset} {config.model.upsample} step {done}')
+  return final
+
+
+def _check_finite(state, last_saved: int) -> None:
+  bad = int(state['first_nonfinite'])
+  if bad >= 0:
+    raise RunError(f'loss became non-finite at step {bad + 1}; stopped without saving; the last '
+                   f'good checkpoint is step {last_saved}' if last_saved else
+                   f'loss became non-finite at step {bad + 1}; stopped before any checkpoint')

@@ -1,0 +1,43 @@
+"""Trains one run: python train.py --config=configs/mnist.py --workdir=runs/mnist [--config.k=v].
+
+Re-running the same command resumes from the newest valid checkpoint in --workdir.
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from decoders import cli
+
+config_flags.DEFINE_config_file('config', None, 'Run config file (configs/*.py).',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Run directory: config, checkpoints, metrics, figures.')
+flags.DEFINE_bool('overwrite', False,
+                  'Continue a workdir whose config.json differs from --config (nothing is deleted).')
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  config = cli.config_from_flag(FLAGS.config)
+  if not FLAGS.workdir:
+    cli.fail('--workdir=<dir> is required')
+  if config.multihost:
+    import jax
+    jax.distributed.initialize()
+  from decoders import training  # imported after flags: keeps `--help` fast
+  from decoders.data import DataError
+  logging.set_verbosity(logging.WARNING)
+  try:
+    metrics = training.train_and_evaluate(config, FLAGS.workdir, overwrite=FLAGS.overwrite)
+  except (training.RunError, DataError) as e:
+    cli.fail(str(e))
+  except KeyboardInterrupt:
+    cli.fail('interrupted; run the same command again to resume from the last checkpoint', 130)
+  if metrics:
+    print(f'val psnr {metrics["psnr"]:.2f} dB, ssim {metrics["ssim"]:.4f}, '
+          f'checkerboard {metrics["checkerboard_db"]:+.1f} dB vs data '
+          f'-> {FLAGS.workdir}; next: python eval.py --workdir={FLAGS.workdir}')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.flags_parser)
