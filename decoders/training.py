@@ -276,6 +276,8 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
   timing = dict(first_step_s=None, train_s=0.0)
   final = {}
   try:
+    if start == 0:  # the artifacts of the untrained decoder, for comparison with the trained one
+      writer.write(0, {f'eval/val/{k}': v for k, v in _evaluate(run, state, val).items()})
     end = config.num_steps if stop_after is None else min(stop_after, config.num_steps)
     for step in range(start, end):
       t0 = time.perf_counter()
@@ -297,9 +299,7 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
         writer.write(done, record)
         progress.update(done, record)
       if (config.eval_every and done % config.eval_every == 0) or is_last:
-        final = evaluation.evaluate(run.model(state), val, batch_size=config.eval.batch_size,
-                                    stride=config.eval.spectral_stride,
-                                    likelihood_std=config.model.likelihood_std)
+        final = _evaluate(run, state, val)
         writer.write(done, {f'eval/val/{k}': v for k, v in final.items()})
         t_log = time.perf_counter()  # eval time is not training throughput
       if done % config.checkpoint_every == 0 or is_last:
@@ -321,6 +321,14 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
                             stride=config.eval.spectral_stride, num_images=config.eval.num_images,
                             title=f'{config.dataset} {config.model.upsample} step {done}')
   return final
+
+
+def _evaluate(run: Run, state, images) -> dict:
+  from decoders import evaluation
+  c = run.config
+  return evaluation.evaluate(run.model(state), images, batch_size=c.eval.batch_size,
+                             stride=c.eval.spectral_stride,
+                             likelihood_std=c.model.likelihood_std)
 
 
 def _check_finite(state, last_saved: int) -> None:

@@ -1,0 +1,249 @@
+"""Runs a sweep: train + eval for every point, each in its own workdir, then one results table.
+
+  python -m decoders.sweep --sweep=configs/sweeps/ablation.py:quick --workdir=runs/ablation_quick
+      [--jobs=N] [--dry_run]
+
+A sweep file defines `get_sweep(preset)` returning a list of points: dicts of dotted config keys
+to values, plus 'config' (the base config file), 'name' (the point's workdir name) and optionally
+'group' (points aggregated together, e.g. one block over seeds). A finished point (eval.json at the
+final step) is skipped; an interrupted one resumes from its checkpoint (train.py does that).
+`--dry_run` prints one shell command per point, for Slurm, a TPU pod or a batch queue.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import importlib.util
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+from tqdm import tqdm
+
+from decoders import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPECIAL_KEYS = ('name', 'config', 'group')
+# (column, source file, key): what results.csv/md aggregate per group, mean and std over points.
+COLUMNS = [
+    ('psnr', 'eval', 'psnr'), ('ssim', 'eval', 'ssim'),
+    ('checkerboard_db', 'eval', 'checkerboard_db'),
+    ('diagonal_db', 'eval', 'alias_diagonal_db'),
+    ('init_checkerboard_db', 'init', 'eval/val/checkerboard_db'),
+    ('init_diagonal_db', 'init', 'eval/val/alias_diagonal_db'),
+    ('spectral_error', 'eval', 'spectral_error'), ('params', 'eval', 'params'),
+    ('images_per_s', 'train', 'images_per_s'), ('train_s', 'train', 'train_s'),
+]
+
+
+class SweepError(ValueError):
+  """A bad sweep file or point; one-line message."""
+
+
+def load_sweep(spec: str) -> list[dict]:
+  """Points of `path.py[:preset]`, each checked against its locked base config."""
+  path, _, preset = spec.partition(':')
+  if not os.path.isfile(path):
+    raise SweepError(f'sweep file {path} not found')
+  module_spec = importlib.util.spec_from_file_location('sweep_module', path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+    points = module.get_sweep(*([preset] if preset else []))
+  except Exception as e:  # a sweep file is user code: report it in one line
+    raise SweepError(f'{path}: {type(e).__name__}: {e}') from e
+  if not points:
+    raise SweepError(f'{spec} defines no points')
+  names = [p.get('name') for p in points]
+  if None in names or len(set(names)) != len(names):
+    raise SweepError(f'{spec}: every point needs a unique "name"')
+  for point in points:
+    apply_overrides(base_config(point), point)  # a misspelled key fails here, before any run
+  return points
+
+
+def base_config(point: dict):
+  path = point.get('config')
+  if not path or not os.path.isfile(os.path.join(ROOT, path)):
+    raise SweepError(f'point {point.get("name")}: base config {path!r} not found')
+  spec = importlib.util.spec_from_file_location('base_config', os.path.join(ROOT, path))
+  module = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, ROOT)
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    sys.path.remove(ROOT)
+  return module.get_config()
+
+
+def apply_overrides(config, point: dict):
+  """Sets every dotted key of `point` on the locked `config`; unknown keys raise SweepError."""
+  for key, value in point.items():
+    if key in SPECIAL_KEYS:
+      continue
+    node = config
+    *parents, leaf = key.split('.')
+    try:
+      for part in parents:
+        node = node[part]
+      node[leaf] = tuple(value) if isinstance(value, list) else value
+    except (KeyError, AttributeError, TypeError) as e:
+      raise SweepError(f'point {point["name"]}: cannot set {key}={value!r}: {e}') from e
+  return config
+
+
+def _flag_value(value) -> str:
+  if isinstance(value, (tuple, list)):
+    return '(' + ','.join(str(v) for v in value) + (',)' if len(value) == 1 else ')')
+  return str(value)
+
+
+def commands(point: dict, workdir: str) -> list[list[str]]:
+  """The train and eval command lines of one point."""
+  train = [sys.executable, 'train.py', f'--config={point["config"]}', f'--workdir={workdir}']
+  train += [f'--config.{k}={_flag_value(v)}' for k, v in point.items() if k not in SPECIAL_KEYS]
+  return [train, [sys.executable, 'eval.py', f'--workdir={workdir}']]
+
+
+def is_finished(workdir: str) -> bool:
+  """eval.json exists and was made from the run's final step."""
+  try:
+    with open(os.path.join(workdir, 'eval.json')) as f:
+      evaluated = json.load(f)['step']
+    with open(os.path.join(workdir, 'config.json')) as f:
+      return evaluated == json.load(f)['num_steps']
+  except (OSError, ValueError, KeyError):
+    return False
+
+
+def run_point(point: dict, workdir: str) -> tuple[str, float]:
+  """Trains and evaluates one point (resuming); returns (status, seconds). Logs to sweep.log."""
+  os.makedirs(workdir, exist_ok=True)
+  start = time.perf_counter()
+  with open(os.path.join(workdir, 'sweep.log'), 'a') as log:
+    for command in commands(point, workdir):
+      log.write('$ ' + shlex.join(command) + '\n')
+      log.flush()
+      code = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+      if code:
+        return f'failed (exit {code}, see {os.path.join(workdir, "sweep.log")})', 0.0
+  return 'done', time.perf_counter() - start
+
+
+def run_sweep(points: list[dict], sweep_dir: str, *, jobs: int) -> list[str]:
+  """Runs every unfinished point; returns the failures (one line each)."""
+  todo = [p for p in points if not is_finished(os.path.join(sweep_dir, p['name']))]
+  print(f'{len(points)} points, {len(points) - len(todo)} already finished, {len(todo)} to run',
+        file=sys.stderr)
+  failures = []
+  with tqdm(total=len(todo), unit='run', file=sys.stderr) as bar, \
+      concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+    futures = {pool.submit(run_point, p, os.path.join(sweep_dir, p['name'])): p for p in todo}
+    for future in concurrent.futures.as_completed(futures):
+      name = futures[future]['name']
+      status, seconds = future.result()
+      if status != 'done':
+        failures.append(f'{name}: {status}')
+      bar.set_postfix_str(f'{name}: {status}' + (f' in {seconds:.0f}s' if seconds else ''))
+      bar.update()
+  return failures
+
+
+def _read(workdir: str) -> dict:
+  """The values COLUMNS reads, from eval.json, train_summary.json and metrics.jsonl (step 0)."""
+  sources = {}
+  for kind, name in (('eval', 'eval.json'), ('train', 'train_summary.json')):
+    try:
+      with open(os.path.join(workdir, name)) as f:
+        sources[kind] = json.load(f)
+    except (OSError, ValueError):
+      sources[kind] = {}
+  sources['init'] = {}
+  try:
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+      for line in f:
+        row = json.loads(line)
+        if row.get('step') == 0:
+          sources['init'].update(row)
+  except (OSError, ValueError):
+    pass
+  return {column: sources[kind].get(key) for column, kind, key in COLUMNS}
+
+
+def aggregate(points: list[dict], sweep_dir: str) -> list[dict]:
+  """One row per group: mean and std over its points of every column; writes results.csv/md."""
+  groups: dict[str, list[dict]] = {}
+  for point in points:
+    groups.setdefault(point.get('group', point['name']), []).append(
+        _read(os.path.join(sweep_dir, point['name'])))
+  rows = []
+  for group, values in groups.items():
+    row = {'group': group, 'n': sum(v['psnr'] is not None for v in values)}
+    for column, _, _ in COLUMNS:
+      xs = [v[column] for v in values if v[column] is not None]
+      mean = sum(xs) / len(xs) if xs else math.nan
+      std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+      row[column], row[column + '_std'] = mean, std
+    rows.append(row)
+  with open(os.path.join(sweep_dir, 'results.csv'), 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  with open(os.path.join(sweep_dir, 'results.md'), 'w') as f:
+    f.write(markdown_table(rows))
+  return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+  header = ['group', 'n'] + [c for c, _, _ in COLUMNS]
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  for row in rows:
+    cells = [row['group'], str(row['n'])]
+    for column, _, _ in COLUMNS:
+      digits = 0 if column in ('params', 'images_per_s', 'train_s') else (
+          4 if column in ('ssim', 'spectral_error') else 2)
+      cells.append(f'{row[column]:.{digits}f} ± {row[column + "_std"]:.{digits}f}')
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not FLAGS.sweep or not FLAGS.workdir:
+    cli.fail('--sweep=configs/sweeps/<file>.py[:preset] and --workdir=<dir> are required')
+  if FLAGS.jobs < 1:
+    cli.fail(f'--jobs must be >= 1, got {FLAGS.jobs}')
+  try:
+    points = load_sweep(FLAGS.sweep)
+  except SweepError as e:
+    cli.fail(str(e))
+  if FLAGS.dry_run:
+    for point in points:
+      workdir = os.path.join(FLAGS.workdir, point['name'])
+      print(' && '.join(shlex.join(['python'] + c[1:]) for c in commands(point, workdir)))
+    return
+  try:
+    os.makedirs(FLAGS.workdir, exist_ok=True)
+  except OSError as e:
+    cli.fail(f'cannot create {FLAGS.workdir}: {e.strerror}')
+  failures = run_sweep(points, FLAGS.workdir, jobs=FLAGS.jobs)
+  rows = aggregate(points, FLAGS.workdir)
+  print(markdown_table(rows))
+  print(f'wrote {os.path.join(FLAGS.workdir, "results.md")} and results.csv', file=sys.stderr)
+  if failures:
+    cli.fail(f'{len(failures)} point(s) failed: ' + '; '.join(failures), code=1)
+
+
+if __name__ == '__main__':
+  flags.DEFINE_string('sweep', None, 'Sweep file, optionally with a preset: path.py[:preset].')
+  flags.DEFINE_string('workdir', None, 'Sweep directory: one sub-workdir per point.')
+  flags.DEFINE_integer('jobs', 1, 'Points run in parallel.')
+  flags.DEFINE_bool('dry_run', False, 'Print one command per point and exit.')
+  FLAGS = flags.FLAGS
+  app.run(main, flags_parser=cli.flags_parser)

@@ -1,0 +1,103 @@
+"""decoders.sweep: every point of every sweep fits the locked config; a tiny sweep runs and resumes."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from decoders import sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_DIR = os.environ.get('DECODERS_DATA_DIR') or os.path.join(ROOT, '..', 'shared', 'data')
+SWEEP_FILES = sorted(glob.glob(os.path.join(ROOT, 'configs', 'sweeps', '*.py')))
+
+
+def presets(path):
+  namespace = {}
+  exec(open(path).read(), namespace)  # only to list its presets
+  return sorted(namespace.get('PRESETS', {'': None}))
+
+
+@pytest.mark.parametrize('spec', [f'{path}:{preset}' if preset else path
+                                  for path in SWEEP_FILES if not path.endswith('__init__.py')
+                                  for preset in presets(path)])
+def test_every_point_applies_to_the_locked_config(spec):
+  points = sweep.load_sweep(spec)  # raises SweepError on a misspelled key
+  assert points and len({p['name'] for p in points}) == len(points)
+
+
+def test_reference_ablation_covers_the_issue():
+  points = sweep.load_sweep(os.path.join(ROOT, 'configs/sweeps/ablation.py:quick'))
+  groups = {p['group'] for p in points}
+  assert len(points) == 7 * 2 * 3 and len(groups) == 14
+  assert {'mnist-tconv_k3', 'cifar10-resize_bilinear', 'mnist-last_tconv_k3'} <= groups
+
+
+def write_sweep(tmp_path, body):
+  path = tmp_path / 'tiny.py'
+  path.write_text(body)
+  return str(path)
+
+
+def test_misspelled_key_fails(tmp_path):
+  path = write_sweep(tmp_path, "def get_sweep():\n  return [{'name': 'a', 'config': "
+                               "'configs/mnist.py', 'model.upsampel': 'tconv'}]\n")
+  with pytest.raises(sweep.SweepError, match='upsampel'):
+    sweep.load_sweep(path)
+
+
+def test_empty_sweep_fails(tmp_path):
+  with pytest.raises(sweep.SweepError, match='no points'):
+    sweep.load_sweep(write_sweep(tmp_path, 'def get_sweep():\n  return []\n'))
+
+
+TINY = f'''
+def get_sweep():
+  common = {{'config': 'configs/mnist.py', 'num_steps': 6, 'batch_size': 16, 'log_every': 3,
+            'checkpoint_every': 3, 'eval_every': 0, 'warmup_steps': 0, 'data.val_size': 64,
+            'eval.num_val': 64, 'eval.batch_size': 512, 'eval.num_images': 4,
+            'model.widths': (4, 8), 'model.latent_dim': 4}}
+  return [dict(common, name=f'{{u}}-s{{s}}', group=u, seed=s, **{{'model.upsample': u}})
+          for u in ('tconv', 'resize_conv') for s in (0, 1)]
+'''
+
+
+def run_sweep_cli(*args):
+  env = dict(os.environ, DECODERS_DATA_DIR=DATA_DIR, JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, '-m', 'decoders.sweep', *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=900)
+
+
+def test_dry_run_prints_one_command_per_point(tmp_path):
+  out = run_sweep_cli(f'--sweep={write_sweep(tmp_path, TINY)}', f'--workdir={tmp_path / "s"}',
+                      '--dry_run')
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.strip().splitlines()
+  assert len(lines) == 4 and all(l.startswith('python train.py') and 'eval.py' in l for l in lines)
+  assert not (tmp_path / 's').exists()
+
+
+def test_tiny_sweep_runs_skips_finished_and_aggregates(tmp_path):
+  spec, sweep_dir = write_sweep(tmp_path, TINY), tmp_path / 's'
+  out = run_sweep_cli(f'--sweep={spec}', f'--workdir={sweep_dir}', '--jobs=2')
+  assert out.returncode == 0, out.stderr[-3000:]
+  for name in ('tconv-s0', 'tconv-s1', 'resize_conv-s0', 'resize_conv-s1'):
+    with open(sweep_dir / name / 'eval.json') as f:
+      assert json.load(f)['step'] == 6
+  table = (sweep_dir / 'results.md').read_text()
+  assert '| tconv | 2 |' in table and '| resize_conv | 2 |' in table
+  again = run_sweep_cli(f'--sweep={spec}', f'--workdir={sweep_dir}')
+  assert again.returncode == 0 and '4 already finished, 0 to run' in again.stderr
+
+
+@pytest.mark.parametrize('args,match', [
+    (['--sweep=configs/sweeps/nope.py'], 'not found'),
+    (['--sweep=configs/sweeps/ablation.py:huge'], 'unknown preset'),
+    (['--sweep=configs/sweeps/ablation.py', '--jobs=0'], 'jobs'),
+])
+def test_bad_sweep_invocations(args, match, tmp_path):
+  out = run_sweep_cli(*args, f'--workdir={tmp_path}')
+  assert out.returncode == 2 and 'Traceback' not in out.stderr
+  assert len(out.stderr.strip().splitlines()) == 1 and match in out.stderr
