@@ -14,6 +14,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 
 import jax
@@ -80,38 +81,45 @@ def _flatten(config_dict, prefix=''):
   return out
 
 
-def prepare_workdir(workdir: str, config, *, overwrite: bool) -> None:
-  """Creates workdir and writes config.json, refusing a workdir that holds a different run."""
+def check_workdir(workdir: str, config, *, overwrite: bool) -> None:
+  """Refuses (RunError) a workdir whose config.json describes a different run; writes nothing."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      old = _flatten(json.load(f))
+  except (OSError, ValueError) as e:
+    raise RunError(f'{path} exists but cannot be read ({e}); use another --workdir') from e
+  new = _flatten(json.loads(config.to_json()))
+  changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+  resumable = RESUMABLE_KEYS + (('num_steps',) if config.lr_schedule == 'constant' else ())
+  different = [k for k in changed if k not in resumable]
+  if different and not overwrite:
+    shown = ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in different[:4])
+    raise RunError(f'{workdir} holds a run with a different config ({shown}); use a new '
+                   f'--workdir, or --overwrite to continue this run under the new config')
+  if changed:
+    logging.warning('workdir config changed (%s); resuming under the new config',
+                    ', '.join(changed))
+
+
+def write_config(workdir: str, config) -> None:
+  """Creates workdir and writes config.json atomically (the first file of a run)."""
   try:
     os.makedirs(workdir, exist_ok=True)
+    tmp = os.path.join(workdir, 'config.json.tmp')
+    with open(tmp, 'w') as f:
+      f.write(config.to_json(indent=2))
+    os.replace(tmp, os.path.join(workdir, 'config.json'))
   except OSError as e:
-    raise RunError(f'cannot create workdir {workdir}: {e.strerror}') from e
-  if not os.access(workdir, os.W_OK):
-    raise RunError(f'workdir {workdir} is not writable')
-  path = os.path.join(workdir, 'config.json')
-  new = json.loads(config.to_json())
-  if os.path.exists(path):
-    try:
-      with open(path) as f:
-        old = json.load(f)
-    except (OSError, ValueError) as e:
-      raise RunError(f'{path} exists but cannot be read ({e}); use another --workdir') from e
-    changed = sorted(k for k in set(_flatten(old)) | set(_flatten(new))
-                     if _flatten(old).get(k) != _flatten(new).get(k))
-    resumable = RESUMABLE_KEYS + (('num_steps',) if config.lr_schedule == 'constant' else ())
-    different = [k for k in changed if k not in resumable]
-    if different and not overwrite:
-      shown = ', '.join(f'{k}: {_flatten(old).get(k)!r} -> {_flatten(new).get(k)!r}'
-                        for k in different[:4])
-      raise RunError(f'{workdir} holds a run with a different config ({shown}); use a new '
-                     f'--workdir, or --overwrite to continue this run under the new config')
-    if changed:
-      logging.warning('workdir config changed (%s); resuming under the new config',
-                      ', '.join(changed))
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(config.to_json(indent=2))
-  os.replace(tmp, path)
+    raise RunError(f'cannot write to workdir {workdir}: {e.strerror or e}') from e
+
+
+def prepare_workdir(workdir: str, config, *, overwrite: bool) -> None:
+  """check_workdir, then write_config."""
+  check_workdir(workdir, config, overwrite=overwrite)
+  write_config(workdir, config)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -189,14 +197,18 @@ def init_state(params, tx):
 # The run.
 
 class Run:
-  """Everything a run (or its eval) needs, built from config + workdir (creates checkpoints/)."""
+  """Everything a run (or its eval) needs, built from config + workdir; writes nothing."""
 
   def __init__(self, config, workdir: str, dataset: data.Dataset | None = None):
-    self.config, self.workdir = config, workdir
-    self.dataset = dataset if dataset is not None else data.build_dataset(config)
+    """Without a dataset the Run can restore and evaluate, not train (the data is not loaded)."""
+    self.config, self.workdir, self.dataset = config, workdir, dataset
+    if config.dataset not in data.IMAGE_SHAPES:
+      raise RunError(f'unknown dataset {config.dataset!r}; valid: {", ".join(data.IMAGE_SHAPES)}')
+    # The output bias starts at logit(train mean); a restored checkpoint replaces it anyway.
+    train_mean = dataset.train_mean if dataset is not None else 0.5
     try:
-      model = models.build_model(config.model, self.dataset.image_shape,
-                                 train_mean=self.dataset.train_mean, seed=config.seed)
+      model = models.build_model(config.model, data.IMAGE_SHAPES[config.dataset],
+                                 train_mean=train_mean, seed=config.seed)
     except ValueError as e:
       raise RunError(str(e)) from e
     self.graphdef, params = nnx.split(model)
@@ -205,8 +217,11 @@ class Run:
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(self.mesh, P('data'))
     self.initial_state = jax.device_put(init_state(params, self.tx), self.replicated)
-    self.checkpoints = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                               max_to_keep=config.keep_checkpoints)
+
+  @functools.cached_property
+  def checkpoints(self) -> checkpoint.Checkpointer:
+    return checkpoint.Checkpointer(os.path.join(self.workdir, 'checkpoints'),
+                                   max_to_keep=self.config.keep_checkpoints)
 
   def model(self, state) -> models.AutoEncoder:
     return nnx.merge(self.graphdef, state['params'])
@@ -242,6 +257,8 @@ class Run:
 def restore_for_eval(workdir: str):
   """(config, model, step, skipped) of the newest valid checkpoint of the run in `workdir`."""
   config = load_config(workdir)
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise RunError(f'no checkpoints in {workdir}: train first')
   run = Run(config, workdir)
   step, state = run.restore()
   if step == 0:
@@ -262,13 +279,15 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
   """
   from decoders import evaluation  # the one eval path; imported here to keep startup light
   validate_config(config)
-  prepare_workdir(workdir, config, overwrite=overwrite)
-  run = Run(config, workdir)
+  check_workdir(workdir, config, overwrite=overwrite)
+  # Data and model first: user errors surface before anything is written.
+  run = Run(config, workdir, data.build_dataset(config))
+  write_config(workdir, config)
   images = jax.device_put(run.dataset.train, run.replicated)
   val = run.dataset.val[:config.eval.num_val]
   start, state = run.restore()
   if start:
-    logging.info('resuming from step %d', start)
+    print(f'resuming from step {start} of {config.num_steps}', file=sys.stderr, flush=True)
   step_fn = run.step_fn()
   writer = metrics_io.MetricWriter(workdir)
   progress = metrics_io.Progress(start, config.num_steps)

@@ -101,9 +101,9 @@ def test_multi_device_step_equals_single_device(tmp_path):
 import json, sys, jax, numpy as np
 sys.path.insert(0, sys.argv[1])
 from tests.test_training import small_config
-from decoders import training
+from decoders import data, training
 config = small_config()
-run = training.Run(config, sys.argv[2])
+run = training.Run(config, sys.argv[2], data.build_dataset(config))
 images = jax.device_put(run.dataset.train, run.replicated)
 state, metrics = run.step_fn()(run.initial_state, images, run.indices(0))
 leaves = jax.tree.leaves(state['params'])
