@@ -100,6 +100,12 @@ class Checkpointer:
     abstract = jax.tree.map(_abstract_leaf, target)
     for step in steps:
       try:
+        saved = self._manager.item_metadata(step)
+      except Exception:  # pylint: disable=broad-except
+        saved = None  # damaged metadata: the restore below fails and the step is skipped
+      if saved is not None:  # another model's checkpoint is the caller's mistake, not damage
+        _check_structure(step, ocp.tree.to_flat_dict(saved.tree), abstract)
+      try:
         state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
         meta = self._manager.item_metadata(step)  # None if only `_METADATA` is lost: restorable.
       except Exception as e:  # pylint: disable=broad-except
@@ -168,6 +174,23 @@ def _abstract_leaf(leaf):
     return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding,
                                 weak_type=getattr(leaf, 'weak_type', False))
   return leaf
+
+
+def _check_structure(step: int, saved: dict, abstract) -> None:
+  """Raises CheckpointError if the saved tree's keys or array shapes differ from the target's."""
+  target = ocp.tree.to_flat_dict(abstract)
+  missing, extra = sorted(set(target) - set(saved)), sorted(set(saved) - set(target))
+  if missing or extra:
+    key = (missing or extra)[0]
+    raise CheckpointError(f'checkpoint step {step} holds a different model: '
+                          f'{"/".join(map(str, key))} is {"missing" if missing else "unexpected"} '
+                          f'({len(missing)} missing, {len(extra)} unexpected arrays)')
+  for key, leaf in target.items():
+    shape = getattr(saved[key], 'shape', None)
+    if shape is not None and hasattr(leaf, 'shape') and tuple(shape) != tuple(leaf.shape):
+      raise CheckpointError(f'checkpoint step {step} holds a different model: '
+                            f'{"/".join(map(str, key))} has shape {tuple(shape)}, this model '
+                            f'{tuple(leaf.shape)}')
 
 
 def _check_dtypes(step: int, saved: dict, abstract) -> None:

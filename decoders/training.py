@@ -323,7 +323,9 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
         t_log = time.perf_counter()  # eval time is not training throughput
       if done % config.checkpoint_every == 0 or is_last:
         _check_finite(state, last_saved)
-        run.checkpoints.save(done, state)
+        # Committed before training goes on, so a kill at any moment loses at most one interval
+        # (an asynchronous save still in flight when the next one starts could lose two).
+        run.checkpoints.save(done, state, wait=True)
         last_saved = done
     run.checkpoints.wait_until_finished()
   finally:

@@ -236,8 +236,13 @@ def test_wrong_target_is_an_error_not_damage(tmp_path):
   wrong_dtype = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16)
                              if x.dtype == jnp.float32 else x, _abstract(states[2]))
   with checkpoint.Checkpointer(tmp_path) as ckpt:
-    with pytest.raises(checkpoint.CheckpointError, match='none of the 2 checkpoints'):
+    # Caught from the metadata, before any restore is tried: no orbax tracebacks, no fallback.
+    with pytest.raises(checkpoint.CheckpointError, match='step 2 holds a different model'):
       ckpt.restore_latest(missing_key)
+    wrong_shape = jax.tree.map(lambda x: jax.ShapeDtypeStruct((7,) + x.shape, x.dtype),
+                               _abstract(states[2]))
+    with pytest.raises(checkpoint.CheckpointError, match=r'has shape .* this model \(7'):
+      ckpt.restore_latest(wrong_shape)
     # Orbax alone would cast float32 to bfloat16 silently; a resume would not be bit-exact.
     with pytest.raises(checkpoint.CheckpointError, match='bfloat16'):
       ckpt.restore_latest(wrong_dtype)
