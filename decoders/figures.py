@@ -13,11 +13,11 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from matplotlib import colors
 from matplotlib.figure import Figure  # not pyplot: no global backend or figure state (Agg canvas)
 
-from decoders import ops
+from decoders import ops, sweep_figures
 
 DPI = 120
 # The lecture's inputs (its outputs are what the tests check the computed arrays against).
@@ -211,9 +211,18 @@ LECTURE_FIGURES = {
     'lecture_interpolation': fig_lecture_interpolation,
 }
 
-# Figures that read a finished sweep: name -> fn(sweep_dir, out_dir) -> path. To be filled in
-# (results tables, spectra, samples per upsampler); they run only when --sweep_dir is given.
-SWEEP_FIGURES = {}
+
+def fig_fingerprint_blocks(out_dir: str) -> str:
+  """Each block's response to a constant input at random init, and its power spectrum."""
+  from decoders import fingerprint
+  return fingerprint.fingerprint_figure(os.path.join(out_dir, 'fingerprint_blocks.png'))
+
+
+LECTURE_FIGURES['fingerprint_blocks'] = fig_fingerprint_blocks
+
+# Figures that read a finished sweep: name -> fn(sweep_dir, out_dir) -> path; they run only when
+# --sweep_dir is given.
+SWEEP_FIGURES = sweep_figures.SWEEP_FIGURES
 
 
 def select_figures(names=None, sweep_dir: str | None = None) -> list[str]:
@@ -249,6 +258,7 @@ def make_figures(out_dir: str, names=None, sweep_dir: str | None = None) -> list
 
 def main(argv):
   """absl entry point: user errors become one line on stderr and exit code 2."""
+  logging.set_verbosity(logging.WARNING)
   args = flags.FLAGS
   names = [n.strip() for n in args.only.split(',') if n.strip()] if args.only else None
   try:

@@ -172,7 +172,9 @@ def _read(workdir: str) -> dict:
           sources['init'].update(row)
   except (OSError, ValueError):
     pass
-  return {column: sources[kind].get(key) for column, kind, key in COLUMNS}
+  values = {column: sources[kind].get(key) for column, kind, key in COLUMNS}
+  values['dataset'] = sources['eval'].get('dataset')
+  return values
 
 
 def aggregate(points: list[dict], sweep_dir: str) -> list[dict]:
@@ -183,7 +185,8 @@ def aggregate(points: list[dict], sweep_dir: str) -> list[dict]:
         _read(os.path.join(sweep_dir, point['name'])))
   rows = []
   for group, values in groups.items():
-    row = {'group': group, 'n': sum(v['psnr'] is not None for v in values)}
+    row = {'group': group, 'dataset': next((v['dataset'] for v in values if v['dataset']), ''),
+           'n': sum(v['psnr'] is not None for v in values)}
     for column, _, _ in COLUMNS:
       xs = [v[column] for v in values if v[column] is not None]
       mean = sum(xs) / len(xs) if xs else math.nan
@@ -232,6 +235,9 @@ def main(argv):
     os.makedirs(FLAGS.workdir, exist_ok=True)
   except OSError as e:
     cli.fail(f'cannot create {FLAGS.workdir}: {e.strerror}')
+  with open(os.path.join(FLAGS.workdir, 'points.json'), 'w') as f:  # for decoders.figures
+    json.dump([{'name': p['name'], 'group': p.get('group', p['name'])} for p in points], f,
+              indent=1)
   failures = run_sweep(points, FLAGS.workdir, jobs=FLAGS.jobs)
   rows = aggregate(points, FLAGS.workdir)
   print(markdown_table(rows))

@@ -206,17 +206,25 @@ class Run:
       raise RunError(f'unknown dataset {config.dataset!r}; valid: {", ".join(data.IMAGE_SHAPES)}')
     # The output bias starts at logit(train mean); a restored checkpoint replaces it anyway.
     train_mean = dataset.train_mean if dataset is not None else 0.5
+    build = functools.partial(models.build_model, config.model,
+                              data.IMAGE_SHAPES[config.dataset], train_mean=train_mean,
+                              seed=config.seed)
     try:
-      model = models.build_model(config.model, data.IMAGE_SHAPES[config.dataset],
-                                 train_mean=train_mean, seed=config.seed)
+      self.graphdef, _ = nnx.split(nnx.eval_shape(build))  # shapes only: errors surface cheaply
     except ValueError as e:
       raise RunError(str(e)) from e
-    self.graphdef, params = nnx.split(model)
     self.tx = make_optimizer(config)
     self.mesh = Mesh(np.asarray(jax.devices()), ('data',))
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(self.mesh, P('data'))
-    self.initial_state = jax.device_put(init_state(params, self.tx), self.replicated)
+    # One compiled program initialises every parameter (eagerly it is ~30 small compilations).
+    self._init = jax.jit(lambda: init_state(nnx.split(build())[1], self.tx),
+                         out_shardings=self.replicated)
+
+  @functools.cached_property
+  def initial_state(self):
+    """The state at step 0 (parameters from config.seed), replicated over the mesh."""
+    return self._init()
 
   @functools.cached_property
   def checkpoints(self) -> checkpoint.Checkpointer:
@@ -230,13 +238,11 @@ class Run:
     """(step, state) of the newest valid checkpoint, or (0, initial state)."""
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.replicated),
-        self.initial_state)
+        jax.eval_shape(self._init))
     try:
-      restored = self.checkpoints.restore_latest(abstract)
+      restored = self.checkpoints.restore_latest(abstract)  # warns about each skipped step
     except checkpoint.CheckpointError as e:
       raise RunError(str(e)) from e
-    for step, reason in self.checkpoints.skipped:
-      logging.warning('skipped damaged checkpoint step %d: %s', step, reason)
     if restored is None:
       return 0, self.initial_state
     return restored
@@ -337,7 +343,7 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
                    images_per_s=(end - start) * config.batch_size
                    / max(timing['train_s'], 1e-9))
     metrics_io.write_json(os.path.join(workdir, 'train_summary.json'), summary)
-    evaluation.save_figures(run.model(state), run.dataset.val, final,
+    evaluation.save_figures(run.model(state), val, final,
                             os.path.join(workdir, 'figures'), batch_size=config.eval.batch_size,
                             stride=config.eval.spectral_stride, num_images=config.eval.num_images,
                             title=f'{config.dataset} {config.model.upsample} step {done}')

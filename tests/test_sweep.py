@@ -90,6 +90,14 @@ def test_tiny_sweep_runs_skips_finished_and_aggregates(tmp_path):
   assert '| tconv | 2 |' in table and '| resize_conv | 2 |' in table
   again = run_sweep_cli(f'--sweep={spec}', f'--workdir={sweep_dir}')
   assert again.returncode == 0 and '4 already finished, 0 to run' in again.stderr
+  out = subprocess.run([sys.executable, '-m', 'decoders.figures', f'--out={tmp_path / "f"}',
+                        f'--sweep_dir={sweep_dir}',
+                        '--only=ablation_chart,sweep_spectra,sweep_reconstructions'],
+                       cwd=ROOT, env=dict(os.environ, DECODERS_DATA_DIR=DATA_DIR),
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  for name in ('ablation_chart', 'sweep_spectra', 'sweep_reconstructions'):
+    assert (tmp_path / 'f' / f'{name}.png').stat().st_size > 10_000
 
 
 @pytest.mark.parametrize('args,match', [
