@@ -28,8 +28,8 @@ BLOCKS = {
 }
 
 PRESETS = {
-    'quick': {'num_steps': 300, 'batch_size': 64, 'warmup_steps': 20, 'log_every': 50,
-              'eval_every': 0, 'checkpoint_every': 300, 'eval.num_val': 1000},
+    'quick': {'num_steps': 200, 'batch_size': 32, 'warmup_steps': 10, 'log_every': 50,
+              'eval_every': 0, 'checkpoint_every': 200, 'eval.num_val': 500},
     'full': {},
 }
 SEEDS = (0, 1, 2)
