@@ -55,6 +55,15 @@ def test_loss_halves_in_200_steps_for_every_block(block, tmp_path):
   assert np.mean(losses[-30:]) <= 0.5 * losses[0], (losses[0], np.mean(losses[-30:]))
 
 
+def test_defaults_train_on_cifar10(tmp_path):
+  # The CIFAR-10 defaults (only shortened here). Measured: step-1 loss 0.0549, mean of the last
+  # 30 of 200 steps 0.0215 (ratio 0.39, seed 0, batch 32).
+  config = small_config(**{'dataset': 'cifar10', 'log_every': 1})
+  training.train_and_evaluate(config, str(tmp_path))
+  losses = [loss for _, loss in logged(str(tmp_path))]
+  assert np.mean(losses[-30:]) <= 0.5 * losses[0], (losses[0], np.mean(losses[-30:]))
+
+
 def final_params(workdir):
   config = training.load_config(workdir)
   run = training.Run(config, workdir)
