@@ -31,9 +31,14 @@ def main(argv):
     metrics = training.train_and_evaluate(config, FLAGS.workdir, overwrite=FLAGS.overwrite)
   except (training.RunError, DataError) as e:
     cli.fail(str(e))
+  except OSError as e:  # a full disk, a vanished workdir: the last checkpoint is still there
+    cli.fail(f'I/O error: {e}; run the same command again to resume from the last checkpoint')
   except KeyboardInterrupt:
     cli.fail('interrupted; run the same command again to resume from the last checkpoint', 130)
-  if metrics:
+  if not metrics:
+    print(f'{FLAGS.workdir} already holds the finished run (step {config.num_steps}); nothing to '
+          f'do. Evaluate it: python eval.py --workdir={FLAGS.workdir}')
+  else:
     print(f'val psnr {metrics["psnr"]:.2f} dB, ssim {metrics["ssim"]:.4f}, '
           f'checkerboard {metrics["checkerboard_db"]:+.1f} dB vs data '
           f'-> {FLAGS.workdir}; next: python eval.py --workdir={FLAGS.workdir}')
