@@ -142,7 +142,7 @@ def _dimension_numbers(n: int):
 
 
 def conv(x, w, *, stride: IntOrTuple = 1, padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
-         groups: int = 1, precision=None) -> jax.Array:
+         groups: int = 1, impl: str = 'auto', precision=None) -> jax.Array:
   """PyTorch `F.conv{n}d` (cross-correlation), channels-last.
 
   Args:
@@ -150,6 +150,9 @@ def conv(x, w, *, stride: IntOrTuple = 1, padding: IntOrTuple = 0, dilation: Int
     w: (*kernel, C_in // groups, C_out).
     stride, padding, dilation: int or per-axis tuple (padding is symmetric, as in PyTorch).
     groups: number of channel groups.
+    impl: 'reference' (XLA's conv and its autodiff) or 'auto' / 'polyphase' (the same forward,
+      gradients as matmuls, and thin convs as a matmul first: see `polyphase.correlate`; exact,
+      reverse-mode only). Dilated convs always take the reference path.
     precision: passed to `lax.conv_general_dilated`.
   Returns:
     (N, *out_spatial, C_out), out = floor((W + 2p - d(k-1) - 1) / s) + 1 per axis.
@@ -163,12 +166,20 @@ def conv(x, w, *, stride: IntOrTuple = 1, padding: IntOrTuple = 0, dilation: Int
   if w.shape[-2] * groups != c_in:
     raise ValueError(f'w has {w.shape[-2]} input channels per group, x has {c_in} channels: '
                      f'expected w.shape[-2] == C_in // groups = {c_in // groups}')
+  if impl not in CONV_TRANSPOSE_IMPLS:
+    raise ValueError(f'impl must be one of {CONV_TRANSPOSE_IMPLS}, got {impl!r}')
   for axis in range(n):
     if conv_output_size(x.shape[1 + axis], kernel[axis], stride[axis], padding[axis],
                         dilation[axis]) < 1:
       raise ValueError(f'x spatial size {x.shape[1 + axis]} (axis {axis}) plus padding '
                        f'{padding[axis]} is smaller than the dilated kernel '
                        f'{dilation[axis] * (kernel[axis] - 1) + 1}')
+  if impl != 'reference' and max(dilation) == 1:
+    if (groups == 1 and max(stride) == 1 and math.prod(kernel) * c_out <= c_in
+        and all(p < k for p, k in zip(padding, kernel))):
+      return polyphase.correlate_small_out(x, w, padding=padding, precision=precision)
+    return polyphase.correlate(x, w, stride=stride, padding=[(p, p) for p in padding],
+                               groups=groups, precision=precision)
   return lax.conv_general_dilated(
       x, w, window_strides=stride, padding=[(p, p) for p in padding], rhs_dilation=dilation,
       dimension_numbers=_dimension_numbers(n), feature_group_count=groups, precision=precision)
@@ -257,12 +268,13 @@ def as_matrix(linear_fn: Callable[[jax.Array], jax.Array], in_shape: Sequence[in
     linear_fn: a linear function of one array of shape `in_shape`.
     in_shape: the input shape.
   Returns:
-    (out_size, in_size) float array, built column by column with `jax.jacfwd`.
+    (out_size, in_size) float array, built row by row with `jax.jacrev` (reverse mode: the fast
+    paths of this module define VJPs, not JVPs).
   """
   in_shape = tuple(in_shape)
   size = math.prod(in_shape)
   flat = lambda v: jnp.ravel(linear_fn(v.reshape(in_shape)))
-  return jax.jacfwd(flat)(jnp.zeros((size,), jnp.float32))
+  return jax.jacrev(flat)(jnp.zeros((size,), jnp.float32))
 
 
 def coverage(input_size: IntOrTuple, kernel_size: IntOrTuple, stride: IntOrTuple = 1,

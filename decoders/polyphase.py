@@ -16,9 +16,14 @@ low-resolution input:
 Either way the phases form one stride-1 correlation with prod(f) * C_out output channels, whose
 kernel G[q, r] = sum_t A[q, r, t] w[t] is a fixed 0/1 selection (A) of the weights. Arguments here
 are already validated per-axis tuples (see `decoders.ops`).
+
+`correlate` is the convolution all fast paths run on: XLA's forward conv, with gradients chosen
+for XLA:CPU (see its docstring); `correlate_small_out` serves convs with few output channels.
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 
 import jax
@@ -39,6 +44,27 @@ def _phase_correlate(x, w, selectors, q_lo, m0, m_count, crop, groups, precision
     q_lo, m0, m_count: per axis ints (first offset, first phase-grid row, number of rows).
     crop: per axis slices of the interleaved (M*f) axis to return.
   """
+  first = selectors[0]
+  used = [np.flatnonzero(first[:, r, :].any(axis=1)) for r in range(first.shape[1])]
+  if groups == 1 and all(u.size for u in used) and any(
+      u[-1] - u[0] + 1 < first.shape[0] for u in used):
+    # Phases of axis 0 use fewer taps than the union (k3 s2: 2 and 1 of 2): one correlation per
+    # phase of axis 0 skips the zero taps (12 instead of 16 multiplies per input pixel for k3
+    # s2 in 2-D), and interleaving the planes along axis 0 is a stack, not a transpose.
+    planes = []
+    for r, u in enumerate(used):
+      plane = [first[u[0]:u[-1] + 1, r:r + 1]] + list(selectors[1:])
+      planes.append(_correlate_phases(x, w, plane, [q_lo[0] + int(u[0])] + list(q_lo[1:]), m0,
+                                      m_count, 1, precision))
+    y = jnp.stack(planes, axis=2)  # (N, M_0, f_0, ...)
+    y = y.reshape(y.shape[0], -1, *y.shape[3:])
+  else:
+    y = _correlate_phases(x, w, selectors, q_lo, m0, m_count, groups, precision)
+  return y[(slice(None),) + tuple(crop)]
+
+
+def _correlate_phases(x, w, selectors, q_lo, m0, m_count, groups, precision):
+  """_phase_correlate before the crop, as one correlation with prod(f) * C_out channels."""
   n = x.ndim - 2
   c_in, c_out_g = w.shape[-2], w.shape[-1]
   taps = [a.shape[0] for a in selectors]
@@ -51,13 +77,8 @@ def _phase_correlate(x, w, selectors, q_lo, m0, m_count, crop, groups, precision
   g = jnp.moveaxis(g, n, n + 1).reshape(*taps, c_in // groups, -1)
   pads = [(-(lo + start), start + m + lo + tq - 1 - size)
           for lo, start, m, tq, size in zip(q_lo, m0, m_count, taps, x.shape[1:-1])]
-  spatial = 'DHW'[-n:]
-  y = lax.conv_general_dilated(
-      x, g, window_strides=(1,) * n, padding=pads,
-      dimension_numbers=('N' + spatial + 'C', spatial + 'IO', 'N' + spatial + 'C'),
-      feature_group_count=groups, precision=precision)
-  y = depth_to_space(y.reshape(*y.shape[:-1], groups, *factors, c_out_g), factors)
-  return y[(slice(None),) + tuple(crop)]
+  y = correlate(x, g, stride=(1,) * n, padding=pads, groups=groups, precision=precision)
+  return depth_to_space(y.reshape(*y.shape[:-1], groups, *factors, c_out_g), factors)
 
 
 def depth_to_space(y, factors):
@@ -76,6 +97,12 @@ def conv_transpose(x, w, *, stride, padding, output_padding, dilation, groups,
                    precision=None) -> jax.Array:
   """Same result as `decoders.ops.conv_transpose_reference`, without zero insertion.
 
+  The forward pass runs on the phase grid (`_conv_transpose_phases`). The gradients use what
+  a transposed conv is: the input gradient is the strided conv with the same weight (one
+  zero-free conv that XLA runs well), and the weight gradient is one (C_in, P) @ (P, C_out)
+  matmul per tap against a strided slice of dy, with the single transpose on x (the small,
+  low-resolution side).
+
   Args:
     x: (N, *W, C_in).
     w: (*k, C_in, C_out/groups).
@@ -83,6 +110,54 @@ def conv_transpose(x, w, *, stride, padding, output_padding, dilation, groups,
   Returns:
     (N, *L, C_out), L = (W-1)s - 2p + d(k-1) + output_padding + 1 per axis.
   """
+  args = tuple(map(tuple, (stride, padding, output_padding, dilation)))
+  if groups == 1:
+    return _conv_transpose(x, w, *args, precision)
+  return _conv_transpose_phases(x, w, *args, groups, precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv_transpose(x, w, stride, padding, output_padding, dilation, precision):
+  return _conv_transpose_phases(x, w, stride, padding, output_padding, dilation, 1, precision)
+
+
+def _conv_transpose_fwd(x, w, stride, padding, output_padding, dilation, precision):
+  y = _conv_transpose_phases(x, w, stride, padding, output_padding, dilation, 1, precision)
+  return y, (x, w)
+
+
+def _conv_transpose_bwd(stride, padding, output_padding, dilation, precision, residuals, dy):
+  del output_padding  # only decides the size of dy
+  x, w = residuals
+  n = x.ndim - 2
+  dx = lax.conv_general_dilated(
+      dy, jnp.swapaxes(w, -1, -2), window_strides=stride, padding=[(p, p) for p in padding],
+      rhs_dilation=dilation, dimension_numbers=_dimension_numbers(n), precision=precision)
+  # output_padding >= stride (possible with dilation) leaves trailing conv outputs with no x.
+  dx = dx[(slice(None),) + tuple(slice(0, size) for size in x.shape[1:-1])]
+  # dw[t] = sum_i x[i] (x) dy[i*s + t*d - p]: dy padded by p (and cropped to what is read).
+  kernel, rows = w.shape[:n], math.prod(x.shape[:-1])
+  config = [(0, 0, 0)] + [(p, (size - 1) * s + (k - 1) * d + 1 - (length + p), 0)
+                          for p, size, s, k, d, length in zip(
+                              padding, x.shape[1:-1], stride, kernel, dilation, dy.shape[1:-1])]
+  dyp = lax.pad(dy, jnp.zeros((), dy.dtype), config + [(0, 0, 0)])
+  # Materialised once: without the barrier XLA fuses the transpose into every tap's matmul.
+  x_t = lax.optimization_barrier(x.reshape(rows, x.shape[-1]).T)
+  taps = []
+  for t in itertools.product(*map(range, kernel)):
+    start = [ti * d for ti, d in zip(t, dilation)]
+    limit = [st + (size - 1) * s + 1 for st, size, s in zip(start, x.shape[1:-1], stride)]
+    dy_t = lax.slice(dyp, (0, *start, 0), (dy.shape[0], *limit, dy.shape[-1]),
+                     (1, *stride, 1))
+    taps.append(jnp.matmul(x_t, dy_t.reshape(rows, dy.shape[-1]), precision=precision))
+  return dx, jnp.stack(taps).reshape(w.shape)
+
+
+_conv_transpose.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
+
+
+def _conv_transpose_phases(x, w, stride, padding, output_padding, dilation, groups, precision):
+  """conv_transpose as a correlation on the phase grid, then depth-to-space (see above)."""
   n = x.ndim - 2
   selectors, q_lo, m0, m_count, crop = [], [], [], [], []
   for size, k, s, p, op, d in zip(x.shape[1:-1], w.shape[:n], stride, padding, output_padding,
@@ -117,6 +192,8 @@ def nearest_upsample_conv(x, w, *, factor, padding, groups=1, precision=None) ->
     c_in_g, c_out = w.shape[-2], w.shape[-1]
     w = w.reshape(*w.shape[:n], c_in_g, groups, c_out // groups)
     w = jnp.moveaxis(w, n + 1, n).reshape(*w.shape[:n], groups * c_in_g, c_out // groups)
+  if groups == 1:
+    return _nearest_offset_phases(x, w, factor, padding, precision)
   selectors, q_lo, m_count, crop = [], [], [], []
   for size, k, f, p in zip(x.shape[1:-1], w.shape[:n], factor, padding):
     length = f * size + 2 * p - k + 1
@@ -130,3 +207,196 @@ def nearest_upsample_conv(x, w, *, factor, padding, groups=1, precision=None) ->
     m_count.append(-(-length // f))
     crop.append(slice(0, length))
   return _phase_correlate(x, w, selectors, q_lo, [0] * n, m_count, crop, groups, precision)
+
+
+def _nearest_offset_phases(x, w, factor, padding, precision):
+  """nearest_upsample_conv with each phase's own T taps (T = 2 for k3, f2) instead of all Q.
+
+  Phase r of an axis reads input offsets [lo_r, lo_r + T); the phases' windows are shifted
+  copies of each other, so one T-tap correlation evaluated at window starts m + lo_r serves every
+  phase: Z = correlate(x, G) over starts [lo_min, M + lo_max), then phase r of row m is
+  Z[m + lo_r - lo_min]. For k3, f2 this is a 2x2 kernel instead of 3x3 (2.25x fewer multiplies).
+  """
+  n = x.ndim - 2
+  c_out = w.shape[-1]
+  selectors, starts, m_count, pads, rows = [], [], [], [], []
+  for size, k, f, p in zip(x.shape[1:-1], w.shape[:n], factor, padding):
+    length = f * size + 2 * p - k + 1
+    first = [(r - p) // f for r in range(f)]  # lo_r: the offset tap t = 0 reads
+    taps = max((r + k - 1 - p) // f - lo + 1 for r, lo in zip(range(f), first))
+    a = np.zeros((taps, f, k), np.float32)
+    for r in range(f):
+      for t in range(k):
+        a[(r + t - p) // f - first[r], r, t] += 1
+    m = -(-length // f)
+    spread = max(first) - min(first)
+    selectors.append(a)
+    starts.append([lo - min(first) for lo in first])
+    m_count.append(m)
+    # Window starts lo_min .. lo_min + M + spread - 1 need input rows up to that + taps - 1.
+    pads.append((-min(first), min(first) + m + spread + taps - 1 - size))
+    rows.append(length)
+  q, r, t = _LETTERS[:n], _LETTERS[n:2 * n].upper(), _LETTERS[2 * n:3 * n]
+  spec = ','.join(f'{q[i]}{r[i]}{t[i]}' for i in range(n)) + f',{t}io->{q}i{r}o'
+  g = jnp.einsum(spec, *[jnp.asarray(a, w.dtype) for a in selectors], w)
+  g = g.reshape(*g.shape[:n + 1], -1)  # (*T, C_in, prod(f) * C_out)
+  z = correlate(x, g, stride=(1,) * n, padding=pads, precision=precision)
+  z = z.reshape(*z.shape[:-1], *factor, c_out)  # (N, *Z, *f, C_out)
+  # Interleave one axis at a time: phase r of row m <- Z[m + start_r], then rows (m, r) -> m*f+r.
+  for axis in range(n):
+    phases = []
+    for ph, start in enumerate(starts[axis]):
+      part = lax.slice_in_dim(z, start, start + m_count[axis], axis=1 + axis)
+      phases.append(lax.index_in_dim(part, ph, axis=1 + n, keepdims=False))  # f of this axis
+    z = jnp.stack(phases, axis=2 + axis)
+    shape = z.shape
+    z = z.reshape(*shape[:1 + axis], shape[1 + axis] * shape[2 + axis], *shape[3 + axis:])
+  crop = tuple(slice(0, length) for length in rows)
+  return z[(slice(None),) + crop]
+
+
+# ----------------------------------------------------------------------------------------------
+# The correlation under every fast path, with gradients that suit XLA:CPU.
+
+def _dimension_numbers(n: int):
+  spatial = 'DHW'[-n:]
+  return ('N' + spatial + 'C', spatial + 'IO', 'N' + spatial + 'C')
+
+
+def _lax_correlate(x, w, stride, padding, groups, precision):
+  return lax.conv_general_dilated(
+      x, w, window_strides=stride, padding=padding, dimension_numbers=_dimension_numbers(
+          x.ndim - 2), feature_group_count=groups, precision=precision)
+
+
+def correlate(x, w, *, stride, padding, groups=1, precision=None) -> jax.Array:
+  """lax.conv_general_dilated (channels-last, no dilation) with a faster weight gradient.
+
+  XLA differentiates a conv into a weight-gradient conv that contracts over the batch: on CPU it
+  transposes both operands to put the batch in the feature slot, runs a conv with a kernel as
+  large as the image, and, when the conv's output is larger than its input (the polyphase
+  convs), swaps the operands and takes a reversed-window path ~50x slower. Here the weight
+  gradient is one matmul per tap, dy^T (C_out, P) @ x_tap (P, C_in), over strided slices of the
+  padded input that keep the channels contiguous, and the single transpose (of dy) is shared by
+  all taps. Forward and input gradient stay XLA's.
+
+  Args:
+    x: (N, *W, C_in).
+    w: (*k, C_in // groups, C_out).
+    stride: per-axis ints; padding: per-axis (lo, hi) pairs, negative values crop.
+  """
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  if any(lo < 0 or hi < 0 for lo, hi in padding):  # crop first: lax convs take pads >= 0
+    x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(min(lo, 0), min(hi, 0), 0)
+                                                          for lo, hi in padding] + [(0, 0, 0)])
+    padding = tuple((max(lo, 0), max(hi, 0)) for lo, hi in padding)
+  if groups != 1:
+    return _lax_correlate(x, w, tuple(stride), padding, groups, precision)
+  return _correlate(x, w, tuple(stride), padding, precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _correlate(x, w, stride, padding, precision):
+  return _lax_correlate(x, w, stride, padding, 1, precision)
+
+
+def _correlate_fwd(x, w, stride, padding, precision):
+  return _lax_correlate(x, w, stride, padding, 1, precision), (x, w)
+
+
+def _correlate_bwd(stride, padding, precision, residuals, dy):
+  x, w = residuals
+  _, input_vjp = jax.vjp(lambda v: _lax_correlate(v, w, stride, padding, 1, precision), x)
+  return input_vjp(dy)[0], _weight_gradient(x, dy, w.shape, stride, padding, precision)
+
+
+_correlate.defvjp(_correlate_fwd, _correlate_bwd)
+
+
+def _weight_gradient(x, dy, kernel_shape, stride, padding, precision):
+  """dw[t] = sum_{n, o} x_padded[n, o*s + t] (x) dy[n, o]: one (C_out, P) @ (P, C_in) per tap."""
+  n = x.ndim - 2
+  kernel, c_in, c_out = kernel_shape[:n], x.shape[-1], dy.shape[-1]
+  out = dy.shape[1:-1]
+  xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding]
+               + [(0, 0, 0)])
+  rows = math.prod(dy.shape[:-1])
+  # Materialised once: without the barrier XLA fuses the transpose into every tap's matmul.
+  dy_t = lax.optimization_barrier(dy.reshape(rows, c_out).T)
+  taps = []
+  for t in itertools.product(*map(range, kernel)):
+    limit = [ti + s * (o - 1) + 1 for ti, s, o in zip(t, stride, out)]
+    x_tap = lax.slice(xp, (0, *t, 0), (x.shape[0], *limit, c_in), (1, *stride, 1))
+    taps.append(jnp.matmul(dy_t, x_tap.reshape(rows, c_in), precision=precision))
+  return jnp.swapaxes(jnp.stack(taps).reshape(*kernel, c_out, c_in), -1, -2)
+
+
+def correlate_small_out(x, w, *, padding, precision=None) -> jax.Array:
+  """Stride-1 correlation for prod(k) * C_out <= C_in (e.g. the image-out conv, C_out 1 or 3).
+
+  XLA:CPU's conv kernels run such thin convs, and their gradients, far below the speed of a
+  matmul. Here the matmul comes first, Z = x @ w (P, C_in) @ (C_in, prod(k) * C_out), no larger
+  than x, and the output sums shifted slices of Z: y[o] = sum_t Z[o + t - p, t]. The gradients
+  are the same two steps transposed (a shifted gather of dy, then two matmuls).
+
+  Args:
+    x: (N, *W, C_in); w: (*k, C_in, C_out); padding: per-axis ints (symmetric, <= k - 1).
+  """
+  return _small_out(x, w, tuple(padding), precision)
+
+
+def _small_out_matrix(w):
+  n = w.ndim - 2
+  # (*k, C_in, C_out) -> (C_in, prod(k) * C_out), tap-major columns.
+  return jnp.moveaxis(w, n, 0).reshape(w.shape[n], -1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _small_out(x, w, padding, precision):
+  return _small_out_fwd(x, w, padding, precision)[0]
+
+
+def _shifted(v, offsets, out):
+  """u[:, i] = v[:, i + offsets] on the spatial axes (zero outside v), i over the sizes `out`.
+
+  A slice and a pad per call: XLA fuses them into the consumer, nothing padded is materialised.
+  """
+  n = len(offsets)
+  sizes = v.shape[1:1 + n]
+  lo = [min(max(o, 0), s) for o, s in zip(offsets, sizes)]
+  hi = [max(min(o + m, s), l) for o, m, s, l in zip(offsets, out, sizes, lo)]
+  part = lax.slice(v, (0, *lo) + (0,) * (v.ndim - 1 - n), (v.shape[0], *hi) + v.shape[1 + n:])
+  before = [max(-o, 0) for o in offsets]
+  config = ([(0, 0, 0)] + [(b, m - b - (h - l), 0) for b, m, l, h in zip(before, out, lo, hi)]
+            + [(0, 0, 0)] * (v.ndim - 1 - n))
+  return lax.pad(part, jnp.zeros((), v.dtype), config)
+
+
+def _small_out_fwd(x, w, padding, precision):
+  n = x.ndim - 2
+  kernel, c_out = w.shape[:n], w.shape[-1]
+  z = jnp.matmul(x, _small_out_matrix(w), precision=precision)
+  z = z.reshape(*x.shape[:-1], math.prod(kernel), c_out)
+  out = [size + 2 * p - k + 1 for size, k, p in zip(x.shape[1:-1], kernel, padding)]
+  y = 0
+  for i, t in enumerate(itertools.product(*map(range, kernel))):
+    y = y + _shifted(z[..., i, :], [ti - p for ti, p in zip(t, padding)], out)
+  return y, (x, w)
+
+
+def _small_out_bwd(padding, precision, residuals, dy):
+  x, w = residuals
+  n = x.ndim - 2
+  kernel, c_in, c_out = w.shape[:n], x.shape[-1], w.shape[-1]
+  # dZ[i, t] = dy[i + p - t], i over the input grid.
+  taps = [_shifted(dy, [p - ti for ti, p in zip(t, padding)], x.shape[1:-1])
+          for t in itertools.product(*map(range, kernel))]
+  dz = jnp.stack(taps, axis=-2).reshape(-1, math.prod(kernel) * c_out)
+  matrix = _small_out_matrix(w)
+  dx = jnp.matmul(dz, matrix.T, precision=precision).reshape(x.shape)
+  dw = lax.dot_general(dz, x.reshape(-1, c_in), (((0,), (0,)), ((), ())), precision=precision)
+  dw = jnp.moveaxis(dw.reshape(*kernel, c_out, c_in), -1, -2)
+  return dx, dw
+
+
+_small_out.defvjp(_small_out_fwd, _small_out_bwd)

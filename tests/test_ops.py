@@ -102,6 +102,41 @@ def test_polyphase_gradients_match_reference(dim, k, s, p, op, d, g):
     assert_close(got, want)
 
 
+@pytest.mark.parametrize('dim,k,s,p,d,g', list(conv_cases())[::5])
+def test_conv_fast_path_gradients_match_reference(dim, k, s, p, d, g):
+  """impl='auto' (XLA's forward, matmul weight gradients) == XLA's conv and its autodiff."""
+  rng = np.random.default_rng(6)
+  x = jnp.asarray(rng.standard_normal((BATCH, *SIZES[dim], C_IN), np.float32))
+  w = jnp.asarray(rng.standard_normal((k,) * dim + (C_IN // g, C_OUT), np.float32))
+  args = dict(stride=s, padding=p, dilation=d, groups=g)
+  out_ref, vjp_ref = jax.vjp(lambda a, b: ops.conv(a, b, impl='reference', **args), x, w)
+  out_fast, vjp_fast = jax.vjp(lambda a, b: ops.conv(a, b, impl='auto', **args), x, w)
+  cotangent = jnp.asarray(rng.standard_normal(out_ref.shape, np.float32))
+  assert_close(out_fast, out_ref)
+  for got, want in zip(vjp_fast(cotangent), vjp_ref(cotangent)):
+    assert_close(got, want)
+
+
+@pytest.mark.parametrize('dim,k,p,c_out', [(1, 3, 1, 1), (1, 5, 2, 2), (2, 3, 1, 1), (2, 3, 1, 3),
+                                           (2, 3, 0, 1), (2, 2, 1, 4), (2, 1, 0, 2)])
+def test_thin_conv_path_matches_torch_and_reference(dim, k, p, c_out):
+  """prod(k) * C_out <= C_in takes the matmul-first path (the image-out conv of the decoder)."""
+  c_in = 32
+  rng = np.random.default_rng(7)
+  x = rng.standard_normal((BATCH, *SIZES[dim], c_in)).astype(np.float32)
+  wt = rng.standard_normal((c_out, c_in) + (k,) * dim).astype(np.float32)
+  w = ops.kernel_from_torch(wt, transposed=False)
+  conv_fn = F.conv1d if dim == 1 else F.conv2d
+  expected = conv_fn(to_torch_layout(x), torch.from_numpy(wt), padding=p)
+  out_fast, vjp_fast = jax.vjp(lambda a, b: ops.conv(a, b, padding=p), jnp.asarray(x), w)
+  assert_close(out_fast, from_torch_layout(expected))
+  _, vjp_ref = jax.vjp(lambda a, b: ops.conv(a, b, padding=p, impl='reference'),
+                       jnp.asarray(x), w)
+  cotangent = jnp.asarray(rng.standard_normal(out_fast.shape, np.float32))
+  for got, want in zip(vjp_fast(cotangent), vjp_ref(cotangent)):
+    assert_close(got, want)
+
+
 def test_per_axis_tuples_match_torch():
   rng = np.random.default_rng(3)
   x = rng.standard_normal((BATCH, 6, 5, C_IN), np.float32)

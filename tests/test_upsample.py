@@ -114,6 +114,41 @@ def test_tconv_blur_matches_torch(kernel_size, blur_taps):
   assert_close(block(jnp.asarray(x)), torch_to_nhwc(expected))
 
 
+@pytest.mark.parametrize('name,options', [v for v in VARIANTS if 'impl' not in v[1]])
+@pytest.mark.parametrize('factor', [2, 3])
+def test_fast_paths_match_reference_with_gradients(name, options, factor):
+  """impl='auto' (polyphase, offset phases, stencils, matmul gradients) == impl='reference'."""
+  if options.get('kernel_size', 3) < factor:
+    return
+  blocks = [upsample.make_upsampler(name, IN_CH, OUT_CH, factor=factor, rngs=nnx.Rngs(0),
+                                    impl=impl, **options) for impl in ('auto', 'reference')]
+  x = jnp.asarray(random_input(6, (2, 5, 4, IN_CH)))
+  results = []
+  for block in blocks:
+    graphdef, state = nnx.split(block)
+    y, vjp = jax.vjp(lambda s, v: nnx.merge(graphdef, s)(v), state, x)
+    cotangent = jnp.asarray(np.random.default_rng(7).standard_normal(y.shape), jnp.float32)
+    results.append((y, jax.tree.leaves(vjp(cotangent))))
+  (y_fast, grads_fast), (y_ref, grads_ref) = results
+  assert_close(y_fast, y_ref)
+  assert len(grads_fast) == len(grads_ref)
+  for got, want in zip(grads_fast, grads_ref):
+    assert_close(got, want)
+
+
+@pytest.mark.parametrize('taps', [1, 3, 5])
+def test_separable_blur_matches_grouped_conv(taps):
+  y = jnp.asarray(random_input(8, (2, 7, 6, 4)))
+  blur = jnp.asarray(upsample.binomial_filter(taps), jnp.float32)[:, :, None, None]
+  grouped = lambda v: upsample.ops.conv(v, jnp.tile(blur, (1, 1, 1, 4)), padding=taps // 2,
+                                        groups=4, impl='reference')
+  expected, vjp_ref = jax.vjp(grouped, y)
+  actual, vjp_fast = jax.vjp(lambda v: upsample.separable_blur(v, taps), y)
+  assert_close(actual, expected)
+  cotangent = jnp.asarray(random_input(9, expected.shape))
+  assert_close(vjp_fast(cotangent)[0], vjp_ref(cotangent)[0])
+
+
 def test_load_torch_rejects_wrong_shapes():
   block = upsample.TConv(IN_CH, OUT_CH, factor=2, rngs=nnx.Rngs(0))
   wrong = torch.nn.ConvTranspose2d(OUT_CH, IN_CH, 3, stride=2).state_dict()
