@@ -13,7 +13,9 @@ skipped to `checkpoints/damaged/` once an older step has restored.
 """
 from __future__ import annotations
 
+import logging as std_logging
 import os
+import sys
 import time
 
 import jax
@@ -97,7 +99,10 @@ class Checkpointer:
     steps = sorted(self._manager.all_steps(), reverse=True)
     if not steps:
       return None
-    abstract = jax.tree.map(_abstract_leaf, target)
+    _quiet_abandoned_orbax_reads()
+    return self._restore_newest(steps, jax.tree.map(_abstract_leaf, target))
+
+  def _restore_newest(self, steps: list[int], abstract):
     for step in steps:
       try:
         saved = self._manager.item_metadata(step)
@@ -203,6 +208,54 @@ def _check_dtypes(step: int, saved: dict, abstract) -> None:
         and hasattr(leaf, 'dtype') and meta.dtype != leaf.dtype):
       raise CheckpointError(f'checkpoint step {step} stores {"/".join(map(str, key))} as '
                             f'{meta.dtype} but the target asks for {leaf.dtype}')
+
+
+def _quiet_abandoned_orbax_reads() -> None:
+  """Turns the tracebacks of orbax's abandoned array reads into one-line debug logs, from now on.
+
+  When one array of a damaged step fails to read, orbax raises that error and abandons its other
+  pending reads. Those that fail too reach stderr with full tracebacks, at a time that depends on
+  thread timing (often after the restore returned), by three routes: Python's `Exception ignored
+  in: <coroutine ...>` when the coroutine is garbage-collected, TensorStore's `RuntimeError: Event
+  loop is closed` when a read completes after orbax closed its loop (both unraisable hooks), and
+  asyncio's `Task exception was never retrieved` log record. The raised error is what matters, so this installs (once per
+  process) an unraisable hook and an `asyncio` log filter that turn the orbax ones into debug logs
+  and pass everything else through unchanged.
+  """
+  if getattr(sys.unraisablehook, 'quiets_orbax', False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    code = getattr(unraisable.object, 'cr_code', None)
+    if ((code is not None and _ORBAX_DIR in code.co_filename)
+        or _is_closed_loop_callback(unraisable)):
+      logging.debug('checkpoint restore: abandoned orbax read failed: %s',
+                    _one_line(unraisable.exc_value) if unraisable.exc_value
+                    else unraisable.err_msg)
+    else:
+      previous(unraisable)
+
+  hook.quiets_orbax = True
+  sys.unraisablehook = hook
+  std_logging.getLogger('asyncio').addFilter(_drop_orbax_task_errors)
+
+
+_ORBAX_DIR = f'{os.sep}orbax{os.sep}'
+
+
+def _is_closed_loop_callback(unraisable) -> bool:
+  """A TensorStore read that finished after orbax closed its event loop (reported with no object)."""
+  return (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == 'Event loop is closed')
+
+
+def _drop_orbax_task_errors(record: std_logging.LogRecord) -> bool:
+  message = record.getMessage()
+  if message.startswith('Task exception was never retrieved') and _ORBAX_DIR in message:
+    logging.debug('checkpoint restore: abandoned orbax task failed')
+    return False
+  return True
 
 
 def _one_line(error: Exception) -> str:

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import types
 
 import jax
 import jax.numpy as jnp
@@ -268,3 +269,41 @@ def test_existing_step_is_kept_and_older_step_is_saved(tmp_path):
     step, restored = ckpt.restore_latest(_abstract(states[1]))
   assert step == 3
   _assert_bit_equal(restored, states[3])
+
+
+def test_orbax_abandoned_read_reports_are_quieted_and_others_pass(monkeypatch, caplog):
+  """The three routes by which orbax's abandoned reads print tracebacks (see the docstring)."""
+  seen = []
+  monkeypatch.setattr(sys, 'unraisablehook', seen.append)
+  monkeypatch.setattr(logging.getLogger('asyncio'), 'filters', [])
+  checkpoint._quiet_abandoned_orbax_reads()
+  checkpoint._quiet_abandoned_orbax_reads()  # Idempotent: one hook, one filter.
+  assert len(logging.getLogger('asyncio').filters) == 1
+
+  def coroutine_from(filename):
+    namespace = {}
+    exec(compile('async def read():\n  pass\n', filename, 'exec'), namespace)  # pylint: disable=exec-used
+    return namespace['read']()
+
+  def report(obj, error):
+    return types.SimpleNamespace(exc_type=type(error), exc_value=error, exc_traceback=None,
+                                 err_msg='Exception ignored in', object=obj)
+
+  orbax_read = coroutine_from(os.path.join('site-packages', 'orbax', 'serialization.py'))
+  user_read = coroutine_from(os.path.join('project', 'reader.py'))
+  quiet = [report(orbax_read, Exception('Encountered error while reading array index')),
+           report(None, RuntimeError('Event loop is closed'))]
+  loud = [report(user_read, Exception('a bug elsewhere')), report(None, RuntimeError('other')),
+          report(None, ValueError('Event loop is closed'))]
+  for r in quiet + loud:
+    sys.unraisablehook(r)
+  assert seen == loud
+  orbax_read.close(), user_read.close()
+
+  with caplog.at_level(logging.ERROR, logger='asyncio'):
+    orbax_file = os.path.join('', 'x', 'orbax', 'serialization.py')
+    logging.getLogger('asyncio').error('Task exception was never retrieved\nfuture: <Task %s>',
+                                       orbax_file)
+    logging.getLogger('asyncio').error('Task exception was never retrieved\nfuture: <Task mine>')
+  assert [r.getMessage() for r in caplog.records if r.name == 'asyncio'] == [
+      'Task exception was never retrieved\nfuture: <Task mine>']
