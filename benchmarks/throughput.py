@@ -273,7 +273,7 @@ def _spawn(argv: list[str], root: str, timeout: float, env=None) -> dict:
 
 
 def drive(args) -> dict:
-  kinds = (list(FRAMEWORKS) + (['jax:baseline'] if args.baseline else [])
+  kinds = (list(args.frameworks) + (['jax:baseline'] if args.baseline else [])
            + (['jax:default-malloc'] if args.compare_malloc else []))
   runs: dict[str, list[dict]] = {}
   t0 = time.perf_counter()
@@ -318,7 +318,7 @@ def report(result: dict, args) -> str:
   if args.compare_malloc:
     head += ' JAX, glibc malloc defaults |'
   lines += [head, '|' + '---|' * (head.count('|') - 1)]
-  fmt = lambda s: f'{s[0]:.0f} ({s[1]:.0f}-{s[2]:.0f})' if s else 'failed'
+  fmt = lambda s: f'{s[0]:.0f} ({s[1]:.0f}-{s[2]:.0f})' if s else '-'  # failures: listed below
   for dataset in args.datasets:
     for name in args.blocks:
       get = lambda kind: runs.get(f'{dataset}|{name}|{kind}', [])
@@ -449,6 +449,7 @@ FLAG_CANDIDATES = (
     '--xla_cpu_enable_concurrency_optimized_scheduler=false',
     '--xla_cpu_use_xnnpack=false',
     '--xla_cpu_use_onednn=true',
+    '--xla_cpu_experimental_ynn_fusion_type=dot',
     '--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce',
     '--xla_cpu_multi_thread_eigen=false',
 )
@@ -456,11 +457,12 @@ FLAG_CANDIDATES = (
 
 def compare_flags(args) -> str:
   """JAX step images/s under each candidate XLA_FLAGS (interleaved subprocesses)."""
+  candidates = args.flag_candidates.split('|') if args.flag_candidates else FLAG_CANDIDATES
   runs: dict[tuple[str, str], list[dict]] = {}
   for rep in range(args.repeat):
     for dataset in args.datasets:
       for name in args.blocks:
-        for flags in FLAG_CANDIDATES:
+        for flags in candidates:
           argv = ['jax', '--dataset', dataset, '--block', name, '--steps', str(args.steps),
                   '--warmup', str(args.warmup), '--malloc', args.malloc]
           env = dict(os.environ, XLA_FLAGS=flags)
@@ -469,12 +471,12 @@ def compare_flags(args) -> str:
           print(rep, dataset, name, repr(flags), json.dumps(r), flush=True)
   lines = ['| XLA_FLAGS | ' + ' | '.join(f'{d} {b}' for d in args.datasets for b in args.blocks)
            + ' |', '|---|' + '---|' * (len(args.datasets) * len(args.blocks))]
-  for flags in FLAG_CANDIDATES:
+  for flags in candidates:
     cells = []
     for dataset in args.datasets:
       for name in args.blocks:
         st = _stats(runs[(f'{dataset} {name}', flags)])
-        base = _stats(runs[(f'{dataset} {name}', '')])
+        base = _stats(runs[(f'{dataset} {name}', candidates[0])])  # ratios to the first
         cells.append(f'{st[0]:.0f} ({st[0] / base[0]:.2f}x)' if st and base else 'failed')
     lines.append(f"| `{flags or '(none)'}` | " + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
@@ -535,6 +537,8 @@ def main(argv=None):
   parser.add_argument('--repeat', type=int, default=3)
   parser.add_argument('--steps', type=int, default=30, help='timed steps per run')
   parser.add_argument('--warmup', type=int, default=5)
+  parser.add_argument('--frameworks', default=','.join(FRAMEWORKS),
+                      help='any of ' + ', '.join(FRAMEWORKS))
   parser.add_argument('--datasets', default='mnist,cifar10')
   parser.add_argument('--blocks', default=','.join(BLOCKS))
   parser.add_argument('--impl', default='auto', help='model.impl of the JAX model')
@@ -546,6 +550,8 @@ def main(argv=None):
                       help='glibc malloc settings of every worker (see tune_malloc)')
   parser.add_argument('--compare_malloc', action='store_true',
                       help='also time the JAX step with glibc malloc defaults')
+  parser.add_argument('--flag_candidates', default='',
+                      help="flags mode: '|'-separated XLA_FLAGS values (default: FLAG_CANDIDATES)")
   parser.add_argument('--json', default='', help='also write the raw runs here')
   parser.add_argument('--root', default=REPO, help=argparse.SUPPRESS)
   parser.add_argument('--dataset', help=argparse.SUPPRESS)
@@ -561,6 +567,7 @@ def main(argv=None):
     args.repeat, args.steps, args.warmup = 1, 10, 3
     args.loop_steps = min(args.loop_steps, 150)
   args.datasets, args.blocks = args.datasets.split(','), args.blocks.split(',')
+  args.frameworks = args.frameworks.split(',')
   args.baseline = os.path.abspath(args.baseline) if args.baseline else ''
   started = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
   if args.mode in ('flags', 'profile'):

@@ -1,4 +1,4 @@
-"""Zero-free upsampling convolutions: one stride-1 conv on the input grid, then depth-to-space.
+"""Exact fast paths behind `decoders.ops` and the upsampling blocks, shaped for XLA:CPU.
 
 Both upsampling operators of this project are, per output phase, stride-1 convolutions on the
 low-resolution input:
@@ -6,19 +6,23 @@ low-resolution input:
 * Transposed conv (stride s, dilation d): tap t of the kernel lands at full-resolution offset
   i*s + t*d from input sample i. Writing t*d = q*s + r, tap t feeds output phase r (positions
   m*s + r) from input sample m - q. XLA's reference instead convolves an input with s-1 zeros
-  inserted between samples; this path never touches those zeros, and its gradients are stride-1
-  convs too.
+  inserted between samples; this path never touches those zeros. Its input gradient is the
+  strided conv with the same weight, its weight gradient one matmul per tap.
 * Nearest resize by f then a conv (kernel k, padding p): output j = m*f + r reads the upsampled
   sample j + t - p, which is input sample m + floor((r + t - p) / f); taps that hit the same
   input sample add up, so a 3x3 conv after nearest x2 becomes four 2x2 convs (2.25x fewer
-  multiplies). Zero padding maps exactly onto zero padding of the input.
+  multiplies), all read from one 2x2 correlation at per-phase offsets. Zero padding maps exactly
+  onto zero padding of the input.
 
-Either way the phases form one stride-1 correlation with prod(f) * C_out output channels, whose
+The phases form stride-1 correlations with (number of phases) * C_out output channels, whose
 kernel G[q, r] = sum_t A[q, r, t] w[t] is a fixed 0/1 selection (A) of the weights. Arguments here
 are already validated per-axis tuples (see `decoders.ops`).
 
-`correlate` is the convolution all fast paths run on: XLA's forward conv, with gradients chosen
-for XLA:CPU (see its docstring); `correlate_small_out` serves convs with few output channels.
+`correlate` is the convolution under every fast path: XLA's forward conv, with a weight gradient
+made of matmuls (see its docstring); `correlate_small_out` serves convs with few output channels
+(the image-out conv). All of them are exact (tests/test_ops.py, tests/test_upsample.py compare
+values and gradients with PyTorch and with XLA's own convs) and define VJPs, so they support
+reverse-mode autodiff and vmap but not forward mode (impl='reference' does).
 """
 from __future__ import annotations
 

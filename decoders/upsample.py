@@ -39,6 +39,35 @@ def _check_choice(name: str, value, choices):
   return value
 
 
+_MATMUL_BIAS_GRAD_MIN_CHANNELS = 8
+
+
+@jax.custom_vjp
+def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+  """y + bias over the last axis; the bias gradient is a matmul with ones, not a reduction.
+
+  XLA:CPU's generic reduction over (N, H, W) of a large gradient (reduce-window) is several
+  times slower than the same sum as a (1, P) @ (P, C) product, which it runs multithreaded; for
+  few channels (an image-out layer) the reduction is the faster one (benchmarks/throughput.py).
+  """
+  return y + bias
+
+
+def _add_bias_fwd(y, bias):
+  return y + bias, None
+
+
+def _add_bias_bwd(_, dy):
+  if dy.shape[-1] < _MATMUL_BIAS_GRAD_MIN_CHANNELS:  # an image-out layer: the reduction is faster
+    return dy, jnp.sum(dy, axis=tuple(range(dy.ndim - 1)))
+  rows = dy.size // dy.shape[-1]
+  ones = jnp.ones((1, rows), dy.dtype)
+  return dy, jnp.matmul(ones, dy.reshape(rows, dy.shape[-1]))[0]
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
 def _kernel_param(rngs: nnx.Rngs, shape, fan_in: int) -> nnx.Param:
   """He-uniform-like init, variance 1/fan_in (as PyTorch's default conv init scales)."""
   bound = np.sqrt(3.0 / fan_in)
@@ -76,7 +105,7 @@ class TConv(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     y = ops.conv_transpose(x, self.kernel[...], stride=self.factor, padding=self.padding,
                            output_padding=self.output_padding, impl=self.impl)
-    return y + self.bias[...]
+    return add_bias(y, self.bias[...])
 
   def load_torch(self, state_dict) -> None:
     """From nn.ConvTranspose2d(in_ch, out_ch, k, stride=f, ...).state_dict()."""
@@ -138,7 +167,7 @@ class ResizeConv(nnx.Module):
         n, h, w, c = x.shape
         up = jax.image.resize(x, (n, h * self.factor, w * self.factor, c), self.method)
       y = ops.conv(up, self.kernel[...], padding=1, impl=self.impl)
-    return y + self.bias[...]
+    return add_bias(y, self.bias[...])
 
   def load_torch(self, state_dict) -> None:
     """From nn.Conv2d(in_ch, out_ch, 3, padding=1).state_dict()."""
@@ -177,8 +206,20 @@ class SubPixel(nnx.Module):
     self.bias = nnx.Param(jnp.zeros((out_ch * f2,), jnp.float32))
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = ops.conv(x, self.kernel[...], padding=1, impl=self.impl) + self.bias[...]
-    return depth_to_space(y, self.factor)
+    if self.impl == 'reference':
+      y = ops.conv(x, self.kernel[...], padding=1, impl=self.impl) + self.bias[...]
+      return depth_to_space(y, self.factor)
+    # The same conv with its output channels reordered from (c, i, j) to (i, j, c): then phase
+    # row i is a (N, H, W*f, C) plane as it stands, and the planes interleave with one stack
+    # instead of PixelShuffle's transpose (XLA:CPU copies a stack several times faster).
+    f, (n, h, w, _) = self.factor, x.shape
+    c = self.bias[...].shape[0] // f ** 2
+    order = lambda v: jnp.moveaxis(v.reshape(*v.shape[:-1], c, f * f), -1, -2).reshape(v.shape)
+    y = add_bias(ops.conv(x, order(self.kernel[...]), padding=1, impl=self.impl),
+                 order(self.bias[...]))
+    y = y.reshape(n, h, w, f, f * c)
+    y = jnp.stack([y[:, :, :, i].reshape(n, h, w * f, c) for i in range(f)], axis=2)
+    return y.reshape(n, h * f, w * f, c)
 
   def load_torch(self, state_dict) -> None:
     """From nn.Conv2d(in_ch, out_ch * f^2, 3, padding=1).state_dict() (then nn.PixelShuffle(f))."""
