@@ -32,7 +32,7 @@ def test_reference_ablation_covers_the_issue():
   points = sweep.load_sweep(os.path.join(ROOT, 'configs/sweeps/ablation.py:full'))
   groups = {p['group'] for p in points}
   assert len(points) == 7 * 2 * 3 and len(groups) == 14  # 7 blocks x 2 datasets x 3 seeds
-  assert len(sweep.load_sweep(os.path.join(ROOT, 'configs/sweeps/ablation.py:quick'))) == 28
+  assert len(sweep.load_sweep(os.path.join(ROOT, 'configs/sweeps/ablation.py:quick'))) == 42
   assert {'mnist-tconv_k3', 'cifar10-resize_bilinear', 'mnist-last_tconv_k3'} <= groups
 
 

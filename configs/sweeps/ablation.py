@@ -1,10 +1,11 @@
-"""The reference ablation: upsampling blocks x {MNIST, CIFAR-10} x seeds (full: 3, quick: 2).
+"""The reference ablation: upsampling blocks x {MNIST, CIFAR-10} x 3 seeds.
 
   python -m decoders.sweep --sweep=configs/sweeps/ablation.py:quick --workdir=runs/ablation_quick
   python -m decoders.sweep --sweep=configs/sweeps/ablation.py:full --workdir=runs/ablation
 
 `quick` is sized for a 2-core CPU (see README for its measured wall time): 200 steps at batch
-32, seeds 0 and 1. `full` is sized for one GPU: the configs' default schedule (1500 steps, batch 128).
+32, seeds 0, 1 and 2. `full` is sized for one GPU: the configs' default schedule (1500 steps,
+batch 128).
 Expected: k3 s2 tconv decoders show checkerboard at init (+dB vs the data at the diagonal
 alias), nearest resize-conv and ICNR sub-pixel far less; training pulls all toward the data.
 """
@@ -30,7 +31,7 @@ BLOCKS = {
 # preset -> (overrides of every point, seeds).
 PRESETS = {
     'quick': ({'num_steps': 200, 'batch_size': 32, 'warmup_steps': 10, 'log_every': 50,
-               'eval_every': 0, 'checkpoint_every': 200, 'eval.num_val': 500}, (0, 1)),
+               'eval_every': 0, 'checkpoint_every': 200, 'eval.num_val': 500}, (0, 1, 2)),
     'full': ({}, (0, 1, 2)),
 }
 
