@@ -4,6 +4,10 @@ Each workdir alone rebuilds its run (config.json + the newest valid checkpoint).
 DIR/eval.json and DIR/figures/*.png, prints a summary per run and, for several runs, a markdown
 comparison table. User errors print one line `eval.py: error: ...` and exit with code 2.
 """
+from decoders import malloc
+
+malloc.tune()  # before JAX starts its threads: XLA:CPU reuses its step buffers
+
 import os
 import sys
 

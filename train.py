@@ -2,6 +2,10 @@
 
 Re-running the same command resumes from the newest valid checkpoint in --workdir.
 """
+from decoders import malloc
+
+malloc.tune()  # before JAX starts its threads: XLA:CPU reuses its step buffers
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 

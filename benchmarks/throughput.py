@@ -222,20 +222,11 @@ def loop_worker(steps, data_dir):
 
 
 def tune_malloc() -> None:
-  """glibc malloc: no mmap for big blocks, one arena, no trimming (call before importing jax).
-
-  XLA:CPU allocates each step's temporaries (60-90 MB here) afresh; glibc serves blocks above
-  32 MB (or above 64 MB from a thread's arena) with mmap and unmaps them on free, so every step
-  page-faults its whole temp buffer back in (~20k faults, a third of the step). With these three
-  settings the same pages are reused from step to step. Same effect as the environment
-  MALLOC_MMAP_MAX_=0 MALLOC_ARENA_MAX=1 MALLOC_TRIM_THRESHOLD_=1073741824.
-  """
-  import ctypes
-  libc = ctypes.CDLL('libc.so.6')
-  m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # <malloc.h>
-  for option, value in ((m_mmap_max, 0), (m_arena_max, 1), (m_trim_threshold, 1 << 30)):
-    if libc.mallopt(option, value) != 1:
-      raise OSError(f'mallopt({option}, {value}) failed')
+  """decoders.malloc.tune(): the glibc settings train.py and eval.py apply (see that module)."""
+  sys.path.insert(0, REPO)
+  from decoders import malloc
+  if not malloc.tune():
+    raise OSError('decoders.malloc.tune() could not apply the glibc malloc settings')
 
 
 def run_worker(args) -> dict:
