@@ -38,7 +38,9 @@ COLUMNS = [
     ('init_diagonal_db', 'init', 'eval/val/alias_diagonal_db'),
     ('spectral_error', 'eval', 'spectral_error'), ('params', 'eval', 'params'),
     ('images_per_s', 'train', 'images_per_s'), ('train_s', 'train', 'train_s'),
+    ('wall_s', 'wall', 'wall_s'),  # train.py + eval.py of the point, as the sweep timed them
 ]
+WALL_FILE = 'sweep_wall.json'  # per point: seconds the sweep spent running it, over all attempts
 
 
 class SweepError(ValueError):
@@ -132,7 +134,16 @@ def run_point(point: dict, workdir: str) -> tuple[str, float]:
       code = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
       if code:
         return f'failed (exit {code}, see {os.path.join(workdir, "sweep.log")})', 0.0
-  return 'done', time.perf_counter() - start
+  seconds = time.perf_counter() - start
+  path = os.path.join(workdir, WALL_FILE)
+  try:  # an interrupted earlier attempt's time counts too
+    with open(path) as f:
+      before = float(json.load(f)['wall_s'])
+  except (OSError, ValueError, KeyError, TypeError):
+    before = 0.0
+  with open(path, 'w') as f:
+    json.dump({'wall_s': before + seconds}, f)
+  return 'done', seconds
 
 
 def run_sweep(points: list[dict], sweep_dir: str, *, jobs: int) -> list[str]:
@@ -155,9 +166,9 @@ def run_sweep(points: list[dict], sweep_dir: str, *, jobs: int) -> list[str]:
 
 
 def _read(workdir: str) -> dict:
-  """The values COLUMNS reads, from eval.json, train_summary.json and metrics.jsonl (step 0)."""
+  """The values COLUMNS reads: eval.json, train_summary.json, WALL_FILE, metrics.jsonl (step 0)."""
   sources = {}
-  for kind, name in (('eval', 'eval.json'), ('train', 'train_summary.json')):
+  for kind, name in (('eval', 'eval.json'), ('train', 'train_summary.json'), ('wall', WALL_FILE)):
     try:
       with open(os.path.join(workdir, name)) as f:
         sources[kind] = json.load(f)
@@ -208,7 +219,7 @@ def markdown_table(rows: list[dict]) -> str:
   for row in rows:
     cells = [row['group'], str(row['n'])]
     for column, _, _ in COLUMNS:
-      digits = 0 if column in ('params', 'images_per_s', 'train_s') else (
+      digits = 0 if column in ('params', 'images_per_s', 'train_s', 'wall_s') else (
           4 if column in ('ssim', 'spectral_error') else 2)
       cells.append(f'{row[column]:.{digits}f} ± {row[column + "_std"]:.{digits}f}')
     lines.append('| ' + ' | '.join(cells) + ' |')

@@ -87,7 +87,10 @@ def test_tiny_sweep_runs_skips_finished_and_aggregates(tmp_path):
   for name in ('tconv-s0', 'tconv-s1', 'resize_conv-s0', 'resize_conv-s1'):
     with open(sweep_dir / name / 'eval.json') as f:
       assert json.load(f)['step'] == 6
+    with open(sweep_dir / name / 'sweep_wall.json') as f:
+      assert json.load(f)['wall_s'] > 1.0  # two Python processes that import JAX
   table = (sweep_dir / 'results.md').read_text()
+  assert table.splitlines()[0].endswith('| train_s | wall_s |')
   assert '| tconv | 2 |' in table and '| resize_conv | 2 |' in table
   again = run_sweep_cli(f'--sweep={spec}', f'--workdir={sweep_dir}')
   assert again.returncode == 0 and '4 already finished, 0 to run' in again.stderr
