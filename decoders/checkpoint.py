@@ -218,9 +218,9 @@ def _quiet_abandoned_orbax_reads() -> None:
   thread timing (often after the restore returned), by three routes: Python's `Exception ignored
   in: <coroutine ...>` when the coroutine is garbage-collected, TensorStore's `RuntimeError: Event
   loop is closed` when a read completes after orbax closed its loop (both unraisable hooks), and
-  asyncio's `Task exception was never retrieved` log record. The raised error is what matters, so this installs (once per
-  process) an unraisable hook and an `asyncio` log filter that turn the orbax ones into debug logs
-  and pass everything else through unchanged.
+  asyncio's `Task exception was never retrieved` log record. The raised error is what matters,
+  so this installs (once per process) an unraisable hook and an `asyncio` log filter that turn
+  the orbax ones into debug logs and pass everything else through unchanged.
   """
   if getattr(sys.unraisablehook, 'quiets_orbax', False):
     return
