@@ -245,7 +245,7 @@ _ORBAX_DIR = f'{os.sep}orbax{os.sep}'
 
 
 def _is_closed_loop_callback(unraisable) -> bool:
-  """A TensorStore read that finished after orbax closed its event loop (reported with no object)."""
+  """A TensorStore read that completed after orbax closed its event loop (reported, no object)."""
   return (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
           and str(unraisable.exc_value) == 'Event loop is closed')
 

@@ -282,7 +282,8 @@ def test_orbax_abandoned_read_reports_are_quieted_and_others_pass(monkeypatch, c
 
   def coroutine_from(filename):
     namespace = {}
-    exec(compile('async def read():\n  pass\n', filename, 'exec'), namespace)  # pylint: disable=exec-used
+    code = compile('async def read():\n  pass\n', filename, 'exec')
+    exec(code, namespace)  # pylint: disable=exec-used
     return namespace['read']()
 
   def report(obj, error):
