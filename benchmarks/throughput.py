@@ -222,9 +222,16 @@ def loop_worker(steps, data_dir):
 
 
 def tune_malloc() -> None:
-  """decoders.malloc.tune(): the glibc settings train.py and eval.py apply (see that module)."""
-  sys.path.insert(0, REPO)
-  from decoders import malloc
+  """decoders.malloc.tune(): the glibc settings train.py and eval.py apply (see that module).
+
+  Loaded from its file, not as `decoders.malloc`: importing the package here would pin
+  `decoders` to this checkout before a `--baseline` worker puts its own checkout on sys.path.
+  """
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      '_decoders_malloc', os.path.join(REPO, 'decoders', 'malloc.py'))
+  malloc = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(malloc)
   if not malloc.tune():
     raise OSError('decoders.malloc.tune() could not apply the glibc malloc settings')
 

@@ -231,3 +231,15 @@ def test_bad_options(name, options, match):
 def test_bad_factor():
   with pytest.raises(ValueError, match='factor'):
     upsample.make_upsampler('tconv', 1, 1, factor=0, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize('channels', [1, 3, 8, 32])  # both sides of the matmul threshold (8)
+def test_add_bias_gradients_equal_plain_broadcast_add(channels):
+  y = jnp.asarray(random_input(10, (2, 6, 5, channels)))
+  bias = jnp.asarray(random_input(11, (channels,)))
+  cotangent = jnp.asarray(random_input(12, y.shape))
+  out, vjp_fast = jax.vjp(upsample.add_bias, y, bias)
+  expected, vjp_plain = jax.vjp(lambda a, b: a + b, y, bias)
+  assert_close(out, expected)
+  for got, want in zip(vjp_fast(cotangent), vjp_plain(cotangent)):
+    assert_close(got, want)
