@@ -92,7 +92,7 @@ def useful_flops(image_shape, block: str, options: dict, batch: int = BATCH) -> 
 # ------------------------------------------------------------------------------------------------
 # Workers (one per subprocess).
 
-def _jax_setup(dataset: str, block: str, options: dict, impl: str):
+def _jax_setup(dataset: str, block: str, options: dict, impl: str, batch_splits: int = 0):
   import functools
   import jax
   import numpy as np
@@ -103,13 +103,18 @@ def _jax_setup(dataset: str, block: str, options: dict, impl: str):
   with config.unlocked():
     config.model.upsample, config.model.impl = block, impl
     config.model.upsample_options[block] = options
+    if batch_splits:
+      config.batch_splits = batch_splits
   shape = DATASETS[dataset]
   model = models.build_model(config.model, shape, train_mean=0.3, seed=0)
   graphdef, params = nnx.split(model)
   tx = training.make_optimizer(config)
   state = training.init_state(params, tx)
+  step_options = {}
+  if hasattr(training, 'batch_splits'):  # as train.py resolves it; a --baseline may predate it
+    step_options['splits'] = training.batch_splits(config, jax.devices())
   step = jax.jit(functools.partial(training.train_step, graphdef=graphdef, tx=tx, seed=0,
-                                   likelihood_std=config.model.likelihood_std),
+                                   likelihood_std=config.model.likelihood_std, **step_options),
                  donate_argnums=0)
   rng = np.random.default_rng(0)
   images = jax.device_put(rng.integers(0, 256, (NUM_IMAGES,) + shape, np.uint8))
@@ -118,9 +123,9 @@ def _jax_setup(dataset: str, block: str, options: dict, impl: str):
   return step, state, images, indices
 
 
-def jax_worker(dataset, block, options, impl, steps, warmup):
+def jax_worker(dataset, block, options, impl, steps, warmup, batch_splits=0):
   import jax
-  step, state, images, indices = _jax_setup(dataset, block, options, impl)
+  step, state, images, indices = _jax_setup(dataset, block, options, impl, batch_splits)
   t = time.perf_counter()
   compiled = step.lower(state, images, indices[0]).compile()
   compile_s = time.perf_counter() - t
@@ -246,9 +251,10 @@ def run_worker(args) -> dict:
     return loop_worker(args.steps, args.data_dir)
   block, options = BLOCKS[args.block]
   if args.kind == 'profile':
-    return profile_worker(args.dataset, block, options, args.impl)
-  if args.kind in ('jax', 'jax:baseline', 'jax:default-malloc'):
-    return jax_worker(args.dataset, block, options, args.impl, args.steps, args.warmup)
+    return profile_worker(args.dataset, block, options, args.impl, top=args.top)
+  if args.kind in ('jax', 'jax:baseline', 'jax:default-malloc', 'jax:no-splits'):
+    return jax_worker(args.dataset, block, options, args.impl, args.steps, args.warmup,
+                      batch_splits=1 if args.kind == 'jax:no-splits' else 0)
   return torch_worker(args.dataset, block, options, args.kind.split(':')[1], args.steps,
                       args.warmup)
 
@@ -272,7 +278,8 @@ def _spawn(argv: list[str], root: str, timeout: float, env=None) -> dict:
 
 def drive(args) -> dict:
   kinds = (list(args.frameworks) + (['jax:baseline'] if args.baseline else [])
-           + (['jax:default-malloc'] if args.compare_malloc else []))
+           + (['jax:default-malloc'] if args.compare_malloc else [])
+           + (['jax:no-splits'] if args.compare_splits else []))
   runs: dict[str, list[dict]] = {}
   t0 = time.perf_counter()
   for rep in range(args.repeat):
@@ -315,6 +322,8 @@ def report(result: dict, args) -> str:
     head += ' baseline JAX img/s | speed-up |'
   if args.compare_malloc:
     head += ' JAX, glibc malloc defaults |'
+  if args.compare_splits:
+    head += ' JAX, batch_splits=1 | auto / 1 |'
   lines += [head, '|' + '---|' * (head.count('|') - 1)]
   fmt = lambda s: f'{s[0]:.0f} ({s[1]:.0f}-{s[2]:.0f})' if s else '-'  # failures: listed below
   for dataset in args.datasets:
@@ -336,6 +345,9 @@ def report(result: dict, args) -> str:
         row += [fmt(b), f'{j[0] / b[0]:.2f}x' if j and b else '-']
       if args.compare_malloc:
         row.append(fmt(_stats(get('jax:default-malloc'))))
+      if args.compare_splits:
+        b = _stats(get('jax:no-splits'))
+        row += [fmt(b), f'{j[0] / b[0]:.2f}x' if j and b else '-']
       lines.append('| ' + ' | '.join(row) + ' |')
   if runs.get('loop'):
     loop = [_stats(runs['loop'], key) for key in ('ips', 'ips_no_first', 'ips_steady')]
@@ -374,7 +386,7 @@ def _op_kind(name: str, text: str) -> str:
   return f"{kind}, {'backward' if backward else 'forward'}"
 
 
-def profile_worker(dataset, block, options, impl, steps=10):
+def profile_worker(dataset, block, options, impl, steps=10, top=12):
   """Per-HLO-op time of the JAX step from jax.profiler (one trace, `steps` steps)."""
   import collections
   import glob
@@ -413,7 +425,7 @@ def profile_worker(dataset, block, options, impl, steps=10):
   for name, ms in per_op.items():
     kinds[_op_kind(name, info[name][1])] += ms
   top = [(name, round(ms, 2), info[name][0], info[name][1][-60:])
-         for name, ms in per_op.most_common(12)]
+         for name, ms in per_op.most_common(top)]
   return dict(step_ms=1e3 * wall, op_ms=sum(per_op.values()),
               kinds={k: round(v, 2) for k, v in kinds.most_common()}, top=top)
 
@@ -425,7 +437,7 @@ def profile(args) -> str:
     for name in args.blocks:
       for label, root in roots:
         argv = ['profile', '--dataset', dataset, '--block', name, '--impl', args.impl,
-                '--malloc', args.malloc]
+                '--malloc', args.malloc, '--top', str(args.top)]
         r = _spawn(argv, root, 600)
         if 'err' in r:
           lines.append(f'{dataset} {name} ({label}): FAILED {r["err"]}')
@@ -530,6 +542,7 @@ def main(argv=None):
   parser.add_argument('mode', nargs='?', default='bench',
                       choices=('bench', 'check', 'flags', 'profile', 'worker'))
   parser.add_argument('kind', nargs='?', help='worker: jax | jax:baseline | jax:default-malloc | '
+                      'jax:no-splits | '
                       'torch:eager | torch:compile | peak | loop | profile')
   parser.add_argument('--quick', action='store_true', help='1 repeat, 10 timed steps')
   parser.add_argument('--repeat', type=int, default=3)
@@ -546,10 +559,13 @@ def main(argv=None):
       'DECODERS_DATA_DIR', os.path.join(os.path.dirname(REPO), 'shared', 'data')))
   parser.add_argument('--malloc', default='tuned', choices=('tuned', 'default'),
                       help='glibc malloc settings of every worker (see tune_malloc)')
+  parser.add_argument('--compare_splits', action='store_true',
+                      help='also time the JAX step with batch_splits=1 (no split batch)')
   parser.add_argument('--compare_malloc', action='store_true',
                       help='also time the JAX step with glibc malloc defaults')
   parser.add_argument('--flag_candidates', default='',
                       help="flags mode: '|'-separated XLA_FLAGS values (default: FLAG_CANDIDATES)")
+  parser.add_argument('--top', type=int, default=12, help='profile: slowest HLO ops listed')
   parser.add_argument('--json', default='', help='also write the raw runs here')
   parser.add_argument('--root', default=REPO, help=argparse.SUPPRESS)
   parser.add_argument('--dataset', help=argparse.SUPPRESS)

@@ -11,6 +11,7 @@ def get_config():
   c.dataset = 'mnist'  # 'mnist' | 'cifar10'
   c.seed = 0  # model init, batch order and VAE noise all derive from it
   c.batch_size = 128  # global batch, split across all devices
+  c.batch_splits = 0  # run the batch as this many independent parts per step (0 = auto: parts of >= 32 on one CPU device, at most 4; else 1)
   c.num_steps = 1500  # training steps (not epochs)
   c.learning_rate = 2e-3  # peak Adam learning rate
   c.lr_schedule = 'cosine'  # 'cosine' (decay to 0 at num_steps) | 'constant'

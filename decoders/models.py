@@ -106,12 +106,16 @@ class AutoEncoder(nnx.Module):
       return h[:, :self.latent_dim], h[:, self.latent_dim:]
     return h, None
 
-  def __call__(self, x, noise_key=None):
-    """Reconstruction in [0, 1], and (mean, log_var). Without a key the VAE decodes its mean."""
+  def __call__(self, x, noise=None):
+    """Reconstruction in [0, 1], and (mean, log_var).
+
+    noise: standard-normal draws shaped like the mean, for the VAE's reparameterisation
+    z = mean + exp(log_var / 2) * noise; without it the VAE decodes its mean.
+    """
     mean, log_var = self.encode(x)
     z = mean
-    if log_var is not None and noise_key is not None:
-      z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(noise_key, mean.shape)
+    if log_var is not None and noise is not None:
+      z = mean + jnp.exp(0.5 * log_var) * noise
     return self.decoder(z), (mean, log_var)
 
   def sample(self, key, num: int):

@@ -32,7 +32,8 @@ from decoders import metrics_io
 # Keys whose change does not change what a run computes: resuming a workdir with these changed is
 # allowed. num_steps joins them only under a constant schedule (cosine decays to 0 at num_steps).
 RESUMABLE_KEYS = ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints',
-                  'eval.num_val', 'eval.batch_size', 'eval.num_images', 'data.dir')
+                  'eval.num_val', 'eval.batch_size', 'eval.num_images', 'data.dir',
+                  'batch_splits')
 
 
 class RunError(ValueError):
@@ -69,6 +70,34 @@ def validate_config(config) -> None:
   devices = jax.device_count()
   if config.batch_size % devices:
     raise RunError(f'batch_size={config.batch_size} must be divisible by the {devices} devices')
+  splits = config.get('batch_splits', 0)
+  if not isinstance(splits, int) or splits < 0 or (splits and config.batch_size % splits):
+    raise RunError(f'batch_splits must be 0 (auto) or a divisor of batch_size='
+                   f'{config.batch_size}, got {splits!r}')
+
+
+# batch_splits=0 on one CPU device: up to this many parts of at least this many images each
+# (measured: BENCHMARKS.md, "Batch splits").
+AUTO_BATCH_SPLITS, AUTO_MIN_SPLIT_SIZE = 4, 32
+
+
+def batch_splits(config, devices) -> int:
+  """config.batch_splits, with 0 (auto) resolved for these devices.
+
+  Auto on a single CPU device, where XLA runs each convolution on one core and independent parts
+  of the step are what it spreads over the others: the most parts (<= AUTO_BATCH_SPLITS) that
+  divide batch_size into parts of >= AUTO_MIN_SPLIT_SIZE images (smaller parts cost more in
+  per-op overhead and compile time than they gain). 1 elsewhere: a GPU or TPU gets the most from
+  one large batch, and several devices already split the batch between them.
+  """
+  splits = config.get('batch_splits', 0)
+  if splits:
+    return splits
+  if len(devices) > 1 or devices[0].platform != 'cpu':
+    return 1
+  fits = [k for k in range(1, AUTO_BATCH_SPLITS + 1)
+          if config.batch_size % k == 0 and config.batch_size // k >= AUTO_MIN_SPLIT_SIZE]
+  return max(fits, default=1)
 
 
 def _flatten(config_dict, prefix=''):
@@ -150,35 +179,47 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return optax.adam(schedule)
 
 
-def loss_fn(params, graphdef, batch, noise_key, *, likelihood_std: float):
+def loss_fn(params, graphdef, batch, noise_key, *, likelihood_std: float, splits: int = 1):
   """AE: mean squared error. VAE: negative ELBO per pixel (Gaussian likelihood), constant dropped.
 
-  Returns (loss, mse).
+  The VAE's noise is one standard-normal draw of (N, latent_dim) from noise_key. With splits > 1
+  the batch (and that draw) runs through the model as equal parts, each its own subgraph: the
+  same loss and gradients up to float summation order, as independent work that XLA:CPU can
+  spread over cores (see `batch_splits`). Returns (loss, mse).
   """
   model = nnx.merge(graphdef, params)
-  recon, (mean, log_var) = model(batch, noise_key)
-  mse = jnp.mean((recon - batch) ** 2)
-  if log_var is None:
+  noise = None
+  if model.kind == 'vae':
+    noise = jax.random.normal(noise_key, (batch.shape[0], model.latent_dim))
+  parts = jnp.split(batch, splits)
+  noises = jnp.split(noise, splits) if noise is not None else [None] * splits
+  squared_error, kl = 0.0, 0.0
+  for part, part_noise in zip(parts, noises):
+    recon, (mean, log_var) = model(part, noise=part_noise)
+    squared_error = squared_error + jnp.sum((recon - part) ** 2)
+    if log_var is not None:
+      kl = kl + 0.5 * jnp.sum(jnp.exp(log_var) + mean ** 2 - 1.0 - log_var)
+  mse = squared_error / batch.size
+  if noise is None:
     return mse, mse
-  pixels = math.prod(batch.shape[1:])
-  kl = 0.5 * jnp.sum(jnp.exp(log_var) + mean ** 2 - 1.0 - log_var, axis=-1)
-  loss = mse / (2 * likelihood_std ** 2) + jnp.mean(kl) / pixels
+  loss = mse / (2 * likelihood_std ** 2) + kl / batch.size
   return loss, mse
 
 
 def train_step(state, images, indices, *, graphdef, tx, seed: int, likelihood_std: float,
-               batch_sharding=None):
+               batch_sharding=None, splits: int = 1):
   """One optimisation step; pure. `state` holds step, params, opt_state, first_nonfinite.
 
   The batch is gathered here from the device-resident uint8 `images`; the VAE's noise key is
   fold_in(key(seed), step), so the step is a pure function of (state, images, indices).
+  `splits`: see `loss_fn`.
   """
   batch = data.get_batch(images, indices)
   if batch_sharding is not None:
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
   noise_key = jax.random.fold_in(jax.random.key(seed), state['step'])
   (loss, mse), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state['params'], graphdef, batch, noise_key, likelihood_std=likelihood_std)
+      state['params'], graphdef, batch, noise_key, likelihood_std=likelihood_std, splits=splits)
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   finite = jnp.isfinite(loss)
   first_nonfinite = jnp.where(~finite & (state['first_nonfinite'] < 0), state['step'],
@@ -251,7 +292,8 @@ class Run:
     c = self.config
     fn = functools.partial(train_step, graphdef=self.graphdef, tx=self.tx, seed=c.seed,
                            likelihood_std=c.model.likelihood_std,
-                           batch_sharding=self.batch_sharding)
+                           batch_sharding=self.batch_sharding,
+                           splits=batch_splits(c, self.mesh.devices.ravel()))
     return jax.jit(fn, donate_argnums=0, out_shardings=(self.replicated, self.replicated))
 
   def indices(self, step: int) -> jax.Array:

@@ -133,6 +133,42 @@ print(json.dumps({'devices': jax.device_count(), 'loss': float(metrics['loss']),
   np.testing.assert_allclose(multi['params'], single['params'], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('kind', ['ae', 'vae'])
+def test_batch_splits_give_the_loss_and_gradients_of_one_batch(kind):
+  """splits=4 runs the batch as 4 independent parts: same loss and gradients as one batch."""
+  from flax import nnx
+  from decoders import models
+  config = small_config(**{'model.kind': kind})
+  model = models.build_model(config.model, (28, 28, 1), train_mean=0.13, seed=0)
+  graphdef, params = nnx.split(model)
+  batch = jax.random.uniform(jax.random.key(1), (16, 28, 28, 1))
+  key = jax.random.key(2)
+  grad = jax.jit(jax.value_and_grad(training.loss_fn, has_aux=True),
+                 static_argnames=('likelihood_std', 'splits'), static_argnums=1)
+  (loss1, mse1), g1 = grad(params, graphdef, batch, key, likelihood_std=0.1, splits=1)
+  (loss4, mse4), g4 = grad(params, graphdef, batch, key, likelihood_std=0.1, splits=4)
+  assert float(loss1) > 0.01  # a real loss (the VAE's includes its KL term), not a trivial one
+  np.testing.assert_allclose([loss4, mse4], [loss1, mse1], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g4)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * float(np.abs(a).max()))
+
+
+def test_batch_splits_auto_and_explicit():
+  cpu = jax.devices('cpu')[:1]
+
+  class Gpu:
+    platform = 'gpu'
+  auto = lambda batch, devices=cpu: training.batch_splits(small_config(batch_size=batch), devices)
+  assert auto(128) == 4  # the configs' batch on one CPU device: 4 parts of 32
+  assert auto(96) == 3 and auto(64) == 2 and auto(1024) == 4  # parts of >= 32, at most 4
+  assert auto(32) == 1 and auto(127) == 1  # parts would be < 32 images
+  assert auto(128, [Gpu()]) == 1
+  assert auto(128, cpu * 2) == 1  # several devices already split the batch
+  assert training.batch_splits(small_config(batch_splits=2), [Gpu()]) == 2  # explicit wins
+  with pytest.raises(training.RunError, match='batch_splits'):
+    training.validate_config(small_config(batch_splits=3))  # 32 is not divisible by 3
+
+
 # ------------------------------------------------------------------------------------------------
 # Bad input to train.py: one line on stderr, exit 2, no traceback, nothing deleted.
 
@@ -149,6 +185,7 @@ BAD_INVOCATIONS = {
     'typo in a top-level key': ['--config.batchsize=3'],
     'wrong type': ['--config.batch_size=many'],
     'zero batch size': ['--config.batch_size=0'],
+    'batch splits not dividing the batch': ['--config.batch_splits=5'],
     'negative learning rate': ['--config.learning_rate=-1'],
     'unknown block option': ['--config.model.upsample_options.tconv.kernal_size=4'],
     'bad resize method': ['--config.model.upsample=resize_conv',
