@@ -24,6 +24,10 @@ import sys
 import tempfile
 import time
 
+from decoders import malloc
+
+malloc.tune()  # as train.py does, before JAX starts its threads: the JAX wall times are train.py's
+
 import dm_pix
 import jax
 import jax.numpy as jnp
@@ -261,4 +265,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  try:
+    main()
+  except (data.DataError, training.RunError) as e:  # no data folder, bad config: one line
+    sys.exit(f'quality_parity: error: {e}')

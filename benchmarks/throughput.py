@@ -12,6 +12,10 @@
                                                   # the JAX step under candidate XLA_FLAGS
   python -m benchmarks.throughput profile --datasets mnist --blocks tconv_k3 [--baseline DIR]
                                                   # per-HLO-op time (jax.profiler), by class
+  python -m benchmarks.throughput threads         # single ops of the step on 2 cores vs pinned
+                                                  # to 1: which ones XLA:CPU multithreads
+  python -m benchmarks.throughput --frameworks jax --compare_splits 1,2,8 --loop_steps 0
+                                                  # the step with other batch_splits, side by side
 
 One train step = gather a batch from uint8 images, forward, MSE, backward, Adam (the jitted
 `decoders.training.train_step`, as the training loop calls it; batch 128). Every (framework,
@@ -198,6 +202,57 @@ def peak_worker(n=4096, reps=5):
   return out
 
 
+OPS = {  # single ops of the MNIST tconv k3 step, timed alone by `threads`
+    'conv k3 s2, (128, 28, 28, 32) -> 32 (tconv input gradient)':
+        lambda jnp, lax: (lambda a, w: lax.conv_general_dilated(
+            a, w, (2, 2), [(1, 1)] * 2, dimension_numbers=('NHWC', 'HWIO', 'NHWC')),
+                          jnp.ones((128, 28, 28, 32)), jnp.ones((3, 3, 32, 32))),
+    'conv k3 s1, (128, 14, 14, 32) -> 32':
+        lambda jnp, lax: (lambda a, w: lax.conv_general_dilated(
+            a, w, (1, 1), [(1, 1)] * 2, dimension_numbers=('NHWC', 'HWIO', 'NHWC')),
+                          jnp.ones((128, 14, 14, 32)), jnp.ones((3, 3, 32, 32))),
+    'matmul (32, 25088) @ (25088, 32) (one tap of a weight gradient)':
+        lambda jnp, lax: (jnp.matmul, jnp.ones((32, 25088)), jnp.ones((25088, 32))),
+    'matmul 1024 x 1024 x 1024':
+        lambda jnp, lax: (jnp.matmul, jnp.ones((1024, 1024)), jnp.ones((1024, 1024))),
+}
+
+
+def ops_worker(reps=30):
+  """Median ms of each op in OPS (jitted, alone)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from jax import lax
+  out = {}
+  for name, make in OPS.items():
+    fn, *operands = make(jnp, lax)
+    fn = jax.jit(fn)
+    for _ in range(3):
+      fn(*operands).block_until_ready()
+    times = []
+    for _ in range(reps):
+      t = time.perf_counter()
+      fn(*operands).block_until_ready()
+      times.append(time.perf_counter() - t)
+    out[name] = 1e3 * float(np.median(times))
+  return out
+
+
+def threads(args) -> str:
+  """OPS on every core vs pinned to one (interleaved): a ratio near 1 means one thread."""
+  runs = {'all': [], 'one': []}
+  for _ in range(args.repeat):
+    for cores in runs:
+      runs[cores].append(_spawn(['ops:' + cores, '--malloc', args.malloc], REPO, 300))
+  lines = [f'| op (jitted, alone) | ms, {os.cpu_count()} cores | ms, pinned to 1 core | ratio |',
+           '|---|---:|---:|---:|']
+  for name in OPS:
+    both, one = (statistics.median(r[name] for r in runs[k]) for k in ('all', 'one'))
+    lines.append(f'| {name} | {both:.2f} | {one:.2f} | {one / both:.2f}x |')
+  return '\n'.join(lines)
+
+
 def loop_worker(steps, data_dir):
   """The real training loop on MNIST (tconv k3): reads workdir/train_summary.json."""
   from configs import mnist
@@ -247,14 +302,20 @@ def run_worker(args) -> dict:
   sys.path.insert(0, args.root)
   if args.kind == 'peak':
     return peak_worker()
+  if args.kind.startswith('ops:'):
+    if args.kind == 'ops:one':  # before XLA starts its thread pools
+      os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    return ops_worker()
   if args.kind == 'loop':
     return loop_worker(args.steps, args.data_dir)
   block, options = BLOCKS[args.block]
   if args.kind == 'profile':
     return profile_worker(args.dataset, block, options, args.impl, top=args.top)
-  if args.kind in ('jax', 'jax:baseline', 'jax:default-malloc', 'jax:no-splits'):
+  if args.kind in ('jax', 'jax:baseline', 'jax:default-malloc') or args.kind.startswith(
+      'jax:splits='):
+    splits = int(args.kind.split('=')[1]) if '=' in args.kind else 0  # 0: the config's (auto)
     return jax_worker(args.dataset, block, options, args.impl, args.steps, args.warmup,
-                      batch_splits=1 if args.kind == 'jax:no-splits' else 0)
+                      batch_splits=splits)
   return torch_worker(args.dataset, block, options, args.kind.split(':')[1], args.steps,
                       args.warmup)
 
@@ -279,7 +340,7 @@ def _spawn(argv: list[str], root: str, timeout: float, env=None) -> dict:
 def drive(args) -> dict:
   kinds = (list(args.frameworks) + (['jax:baseline'] if args.baseline else [])
            + (['jax:default-malloc'] if args.compare_malloc else [])
-           + (['jax:no-splits'] if args.compare_splits else []))
+           + [f'jax:splits={k}' for k in args.compare_splits])
   runs: dict[str, list[dict]] = {}
   t0 = time.perf_counter()
   for rep in range(args.repeat):
@@ -322,8 +383,8 @@ def report(result: dict, args) -> str:
     head += ' baseline JAX img/s | speed-up |'
   if args.compare_malloc:
     head += ' JAX, glibc malloc defaults |'
-  if args.compare_splits:
-    head += ' JAX, batch_splits=1 | auto / 1 |'
+  for k in args.compare_splits:
+    head += f' JAX, batch_splits={k} | auto / {k} |'
   lines += [head, '|' + '---|' * (head.count('|') - 1)]
   fmt = lambda s: f'{s[0]:.0f} ({s[1]:.0f}-{s[2]:.0f})' if s else '-'  # failures: listed below
   for dataset in args.datasets:
@@ -345,8 +406,8 @@ def report(result: dict, args) -> str:
         row += [fmt(b), f'{j[0] / b[0]:.2f}x' if j and b else '-']
       if args.compare_malloc:
         row.append(fmt(_stats(get('jax:default-malloc'))))
-      if args.compare_splits:
-        b = _stats(get('jax:no-splits'))
+      for k in args.compare_splits:
+        b = _stats(get(f'jax:splits={k}'))
         row += [fmt(b), f'{j[0] / b[0]:.2f}x' if j and b else '-']
       lines.append('| ' + ' | '.join(row) + ' |')
   if runs.get('loop'):
@@ -540,9 +601,9 @@ def check(root: str) -> None:
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('mode', nargs='?', default='bench',
-                      choices=('bench', 'check', 'flags', 'profile', 'worker'))
+                      choices=('bench', 'check', 'flags', 'profile', 'threads', 'worker'))
   parser.add_argument('kind', nargs='?', help='worker: jax | jax:baseline | jax:default-malloc | '
-                      'jax:no-splits | '
+                      'jax:splits=K | '
                       'torch:eager | torch:compile | peak | loop | profile')
   parser.add_argument('--quick', action='store_true', help='1 repeat, 10 timed steps')
   parser.add_argument('--repeat', type=int, default=3)
@@ -559,8 +620,9 @@ def main(argv=None):
       'DECODERS_DATA_DIR', os.path.join(os.path.dirname(REPO), 'shared', 'data')))
   parser.add_argument('--malloc', default='tuned', choices=('tuned', 'default'),
                       help='glibc malloc settings of every worker (see tune_malloc)')
-  parser.add_argument('--compare_splits', action='store_true',
-                      help='also time the JAX step with batch_splits=1 (no split batch)')
+  parser.add_argument('--compare_splits', nargs='?', const='1', default='',
+                      help='also time the JAX step with these batch_splits (comma-separated; '
+                      'alone: 1, the unsplit batch)')
   parser.add_argument('--compare_malloc', action='store_true',
                       help='also time the JAX step with glibc malloc defaults')
   parser.add_argument('--flag_candidates', default='',
@@ -582,10 +644,11 @@ def main(argv=None):
     args.loop_steps = min(args.loop_steps, 150)
   args.datasets, args.blocks = args.datasets.split(','), args.blocks.split(',')
   args.frameworks = args.frameworks.split(',')
+  args.compare_splits = [int(k) for k in args.compare_splits.split(',') if k]
   args.baseline = os.path.abspath(args.baseline) if args.baseline else ''
   started = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
-  if args.mode in ('flags', 'profile'):
-    text = compare_flags(args) if args.mode == 'flags' else profile(args)
+  if args.mode in ('flags', 'profile', 'threads'):
+    text = {'flags': compare_flags, 'profile': profile, 'threads': threads}[args.mode](args)
     print(f'\n## {started}: `python -m benchmarks.throughput {" ".join(sys.argv[1:])}`\n\n'
           + text)
     return
