@@ -47,7 +47,7 @@ class Identity(nnx.Module):
   """An exact 'autoencoder': recon = input."""
   kind = 'ae'
 
-  def __call__(self, x, noise_key=None):
+  def __call__(self, x, noise=None):  # the AutoEncoder signature
     return x, (x.reshape(x.shape[0], -1), None)
 
 
