@@ -124,12 +124,12 @@ def _jax_setup(dataset: str, block: str, options: dict, impl: str, batch_splits:
   images = jax.device_put(rng.integers(0, 256, (NUM_IMAGES,) + shape, np.uint8))
   indices = [jax.device_put(rng.permutation(NUM_IMAGES)[:BATCH].astype(np.int32))
              for _ in range(8)]
-  return step, state, images, indices
+  return step, state, images, indices, step_options.get('splits', 1)
 
 
 def jax_worker(dataset, block, options, impl, steps, warmup, batch_splits=0):
   import jax
-  step, state, images, indices = _jax_setup(dataset, block, options, impl, batch_splits)
+  step, state, images, indices, splits = _jax_setup(dataset, block, options, impl, batch_splits)
   t = time.perf_counter()
   compiled = step.lower(state, images, indices[0]).compile()
   compile_s = time.perf_counter() - t
@@ -149,7 +149,8 @@ def jax_worker(dataset, block, options, impl, steps, warmup, batch_splits=0):
   dt = time.perf_counter() - t
   assert math.isfinite(float(metrics['loss']))
   return dict(ips=BATCH * steps / dt, step_ms=1e3 * dt / steps, compile_s=compile_s,
-              first_s=first_s, xla_gflop=float(cost.get('flops', float('nan'))) / 1e9)
+              first_s=first_s, xla_gflop=float(cost.get('flops', float('nan'))) / 1e9,
+              splits=splits)
 
 
 def torch_worker(dataset, block, options, mode, steps, warmup):
@@ -180,6 +181,18 @@ def torch_worker(dataset, block, options, mode, steps, warmup):
               threads=torch.get_num_threads())
 
 
+def _seconds(fn, reps: int, warmup: int) -> list[float]:
+  """Wall seconds of each of `reps` calls of fn() after `warmup` untimed ones."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return times
+
+
 def peak_worker(n=4096, reps=5):
   """fp32 n x n matmul GFLOP/s (best of reps) in XLA:CPU and in PyTorch."""
   import jax
@@ -192,13 +205,7 @@ def peak_worker(n=4096, reps=5):
   ja, jb, mm = jnp.asarray(a), jnp.asarray(b), jax.jit(jnp.matmul)
   ta, tb = torch.from_numpy(a), torch.from_numpy(b)
   for name, fn in (('jax', lambda: mm(ja, jb).block_until_ready()), ('torch', lambda: ta @ tb)):
-    fn()
-    times = []
-    for _ in range(reps):
-      t = time.perf_counter()
-      fn()
-      times.append(time.perf_counter() - t)
-    out[name] = 2 * n ** 3 / min(times) / 1e9
+    out[name] = 2 * n ** 3 / min(_seconds(fn, reps, warmup=1)) / 1e9
   return out
 
 
@@ -228,13 +235,7 @@ def ops_worker(reps=30):
   for name, make in OPS.items():
     fn, *operands = make(jnp, lax)
     fn = jax.jit(fn)
-    for _ in range(3):
-      fn(*operands).block_until_ready()
-    times = []
-    for _ in range(reps):
-      t = time.perf_counter()
-      fn(*operands).block_until_ready()
-      times.append(time.perf_counter() - t)
+    times = _seconds(lambda: fn(*operands).block_until_ready(), reps, warmup=3)
     out[name] = 1e3 * float(np.median(times))
   return out
 
@@ -376,7 +377,11 @@ def report(result: dict, args) -> str:
   lines = [f'fp32 4096^2 matmul peak (max of XLA:CPU and PyTorch, median of {len(peaks)}): '
            f'{peak:.0f} GFLOP/s; per run: '
            + ', '.join(f"jax {r['jax']:.0f} / torch {r['torch']:.0f}" for r in runs['peak']
-                       if 'jax' in r), '']
+                       if 'jax' in r)]
+  auto = sorted({r['splits'] for k, rs in runs.items() if k.endswith('|jax') for r in rs
+                 if 'splits' in r})
+  lines += [f'JAX step with batch_splits as train.py resolves it here (auto): '
+            f"{', '.join(map(str, auto)) or '-'}", '']
   head = ('| dataset | block | JAX img/s (min-max) | torch eager | torch.compile | JAX / compile'
           ' | JAX GFLOP/s | % peak | JAX compile / first step s | compile first step s |')
   if args.baseline:
@@ -401,14 +406,13 @@ def report(result: dict, args) -> str:
       row.append(f'{comp[0]:.1f} / {first[0]:.1f}' if comp else '-')
       cf = _stats(get('torch:compile'), 'first_s')
       row.append(f'{cf[0]:.0f}' if cf else '-')
+      versus = lambda kind: [fmt(b := _stats(get(kind))), f'{j[0] / b[0]:.2f}x' if j and b else '-']
       if args.baseline:
-        b = _stats(get('jax:baseline'))
-        row += [fmt(b), f'{j[0] / b[0]:.2f}x' if j and b else '-']
+        row += versus('jax:baseline')
       if args.compare_malloc:
         row.append(fmt(_stats(get('jax:default-malloc'))))
       for k in args.compare_splits:
-        b = _stats(get(f'jax:splits={k}'))
-        row += [fmt(b), f'{j[0] / b[0]:.2f}x' if j and b else '-']
+        row += versus(f'jax:splits={k}')
       lines.append('| ' + ' | '.join(row) + ' |')
   if runs.get('loop'):
     loop = [_stats(runs['loop'], key) for key in ('ips', 'ips_no_first', 'ips_steady')]
@@ -454,7 +458,7 @@ def profile_worker(dataset, block, options, impl, steps=10, top=12):
   import re
   import jax
   from jax._src.lib import _profile_data  # the trace reader jax ships (no TensorBoard needed)
-  step, state, images, indices = _jax_setup(dataset, block, options, impl)
+  step, state, images, indices, splits = _jax_setup(dataset, block, options, impl)
   text = step.lower(state, images, indices[0]).compile().as_text()
   info = {}
   for line in text.splitlines():
@@ -487,7 +491,7 @@ def profile_worker(dataset, block, options, impl, steps=10, top=12):
     kinds[_op_kind(name, info[name][1])] += ms
   top = [(name, round(ms, 2), info[name][0], info[name][1][-60:])
          for name, ms in per_op.most_common(top)]
-  return dict(step_ms=1e3 * wall, op_ms=sum(per_op.values()),
+  return dict(step_ms=1e3 * wall, op_ms=sum(per_op.values()), splits=splits,
               kinds={k: round(v, 2) for k, v in kinds.most_common()}, top=top)
 
 
@@ -504,7 +508,8 @@ def profile(args) -> str:
           lines.append(f'{dataset} {name} ({label}): FAILED {r["err"]}')
           continue
         lines += ['', f"### {dataset} {name}, {label}: {r['step_ms']:.1f} ms/step under the "
-                  f"profiler, {r['op_ms']:.1f} ms in HLO ops (load {r['load1']})", '',
+                  f"profiler, {r['op_ms']:.1f} ms in HLO ops (load {r['load1']}, batch_splits "
+                  f"{r.get('splits', 1)})", '',
                   '| class | ms/step |', '|---|---|']
         lines += [f'| {k} | {v:.1f} |' for k, v in r['kinds'].items()]
         lines += ['', '| op | ms/step | shape | from |', '|---|---|---|---|']
@@ -603,8 +608,8 @@ def main(argv=None):
   parser.add_argument('mode', nargs='?', default='bench',
                       choices=('bench', 'check', 'flags', 'profile', 'threads', 'worker'))
   parser.add_argument('kind', nargs='?', help='worker: jax | jax:baseline | jax:default-malloc | '
-                      'jax:splits=K | '
-                      'torch:eager | torch:compile | peak | loop | profile')
+                      'jax:splits=K | torch:eager | torch:compile | peak | loop | profile | '
+                      'ops:all | ops:one')
   parser.add_argument('--quick', action='store_true', help='1 repeat, 10 timed steps')
   parser.add_argument('--repeat', type=int, default=3)
   parser.add_argument('--steps', type=int, default=30, help='timed steps per run')
