@@ -17,6 +17,7 @@ import logging as std_logging
 import os
 import sys
 import time
+import traceback
 
 import jax
 import orbax.checkpoint as ocp
@@ -99,7 +100,7 @@ class Checkpointer:
     steps = sorted(self._manager.all_steps(), reverse=True)
     if not steps:
       return None
-    _quiet_abandoned_orbax_reads()
+    _quiet_abandoned_orbax_reads(self.directory)
     return self._restore_newest(steps, jax.tree.map(_abstract_leaf, target))
 
   def _restore_newest(self, steps: list[int], abstract):
@@ -210,18 +211,21 @@ def _check_dtypes(step: int, saved: dict, abstract) -> None:
                             f'{meta.dtype} but the target asks for {leaf.dtype}')
 
 
-def _quiet_abandoned_orbax_reads() -> None:
+def _quiet_abandoned_orbax_reads(directory: str) -> None:
   """Turns the tracebacks of orbax's abandoned array reads into one-line debug logs, from now on.
 
   When one array of a damaged step fails to read, orbax raises that error and abandons its other
   pending reads. Those that fail too reach stderr with full tracebacks, at a time that depends on
-  thread timing (often after the restore returned), by three routes: Python's `Exception ignored
-  in: <coroutine ...>` when the coroutine is garbage-collected, TensorStore's `RuntimeError: Event
-  loop is closed` when a read completes after orbax closed its loop (both unraisable hooks), and
-  asyncio's `Task exception was never retrieved` log record. The raised error is what matters,
-  so this installs (once per process) an unraisable hook and an `asyncio` log filter that turn
-  the orbax ones into debug logs and pass everything else through unchanged.
+  thread timing (often after the restore returned), by two routes: the unraisable hook (Python's
+  `Exception ignored in: <coroutine ...>` when an orbax coroutine is garbage-collected, and
+  TensorStore's `RuntimeError: Event loop is closed` when a read completes after orbax closed its
+  loop) and asyncio's `<Task|Future|_GatheringFuture> exception was never retrieved` log records.
+  The raised error is what matters, so this installs (once per process) an unraisable hook and an
+  `asyncio` log filter that turn the orbax ones into debug logs and pass everything else through
+  unchanged. An asyncio record is orbax's when its text (message or traceback) names an orbax
+  source file or a checkpoint directory that a restore read from (`directory`, remembered).
   """
+  _RESTORED_DIRS.add(os.path.join(os.path.abspath(directory), ''))
   if getattr(sys.unraisablehook, 'quiets_orbax', False):
     return
   previous = sys.unraisablehook
@@ -238,10 +242,11 @@ def _quiet_abandoned_orbax_reads() -> None:
 
   hook.quiets_orbax = True
   sys.unraisablehook = hook
-  std_logging.getLogger('asyncio').addFilter(_drop_orbax_task_errors)
+  std_logging.getLogger('asyncio').addFilter(_drop_orbax_never_retrieved)
 
 
 _ORBAX_DIR = f'{os.sep}orbax{os.sep}'
+_RESTORED_DIRS: set[str] = set()  # Checkpoint directories restored from, each ending in os.sep.
 
 
 def _is_closed_loop_callback(unraisable) -> bool:
@@ -250,10 +255,17 @@ def _is_closed_loop_callback(unraisable) -> bool:
           and str(unraisable.exc_value) == 'Event loop is closed')
 
 
-def _drop_orbax_task_errors(record: std_logging.LogRecord) -> bool:
+def _drop_orbax_never_retrieved(record: std_logging.LogRecord) -> bool:
+  """asyncio log filter: False (drop) for orbax's `... exception was never retrieved` records."""
   message = record.getMessage()
-  if message.startswith('Task exception was never retrieved') and _ORBAX_DIR in message:
-    logging.debug('checkpoint restore: abandoned orbax task failed')
+  if 'exception was never retrieved' not in message.split('\n', 1)[0]:
+    return True
+  text = message
+  if record.exc_info and record.exc_info[1] is not None:
+    text += ''.join(traceback.format_exception(*record.exc_info))
+  if _ORBAX_DIR in text or any(d in text for d in _RESTORED_DIRS):
+    logging.debug('checkpoint restore: abandoned orbax read failed: %s',
+                  message.split('\n', 1)[0])
     return False
   return True
 

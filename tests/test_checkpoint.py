@@ -276,8 +276,9 @@ def test_orbax_abandoned_read_reports_are_quieted_and_others_pass(monkeypatch, c
   seen = []
   monkeypatch.setattr(sys, 'unraisablehook', seen.append)
   monkeypatch.setattr(logging.getLogger('asyncio'), 'filters', [])
-  checkpoint._quiet_abandoned_orbax_reads()
-  checkpoint._quiet_abandoned_orbax_reads()  # Idempotent: one hook, one filter.
+  ckpt_dir = os.path.join(os.sep, 'runs', 'a', 'checkpoints')
+  checkpoint._quiet_abandoned_orbax_reads(ckpt_dir)
+  checkpoint._quiet_abandoned_orbax_reads(ckpt_dir)  # Idempotent: one hook, one filter.
   assert len(logging.getLogger('asyncio').filters) == 1
 
   def coroutine_from(filename):
@@ -301,10 +302,28 @@ def test_orbax_abandoned_read_reports_are_quieted_and_others_pass(monkeypatch, c
   assert seen == loud
   orbax_read.close(), user_read.close()
 
+  # The asyncio records seen on damaged steps (CI, 2026-11-25; here under load, 2026-12-02): a
+  # Task naming orbax's file, and Futures whose only trace is the checkpoint path in the message.
+  damaged = os.path.join(ckpt_dir, '12', 'default', '')
+  orbax_file = os.path.join('', 'x', 'orbax', 'serialization.py')
+  quiet = [('Task exception was never retrieved\nfuture: <Task coro=<read() defined at %s>>',
+            orbax_file),
+           ('_GatheringFuture exception was never retrieved\nfuture: <_GatheringFuture finished '
+            'exception=Exception("Encountered error while reading array index ... %s")>', damaged),
+           ("Future exception was never retrieved\nfuture: <Future finished exception=ValueError("
+            "'OUT_OF_RANGE: Error reading in OCDBT database at local file \"%s\"')>", damaged)]
+  loud = [('Task exception was never retrieved\nfuture: <Task mine>', None),
+          ('Future exception was never retrieved\nfuture: <Future %s>',  # another directory
+           os.path.join(os.sep, 'runs', 'ab', 'checkpoints', '12')),
+          ('an unrelated asyncio error about %s', orbax_file)]
   with caplog.at_level(logging.ERROR, logger='asyncio'):
-    orbax_file = os.path.join('', 'x', 'orbax', 'serialization.py')
-    logging.getLogger('asyncio').error('Task exception was never retrieved\nfuture: <Task %s>',
-                                       orbax_file)
-    logging.getLogger('asyncio').error('Task exception was never retrieved\nfuture: <Task mine>')
+    for message, arg in quiet + loud:
+      logging.getLogger('asyncio').error(message, *([arg] if arg else []))
+  # An orbax frame in the traceback is enough too.
+  try:
+    exec(compile('raise ValueError("read failed")', orbax_file, 'exec'))  # pylint: disable=exec-used
+  except ValueError:
+    with caplog.at_level(logging.ERROR, logger='asyncio'):
+      logging.getLogger('asyncio').error('Future exception was never retrieved', exc_info=True)
   assert [r.getMessage() for r in caplog.records if r.name == 'asyncio'] == [
-      'Task exception was never retrieved\nfuture: <Task mine>']
+      m % a if a else m for m, a in loud]
