@@ -282,7 +282,8 @@ def correlate(x, w, *, stride, padding, groups=1, precision=None) -> jax.Array:
   convs), swaps the operands and takes a reversed-window path ~50x slower. Here the weight
   gradient is one matmul per tap, dy^T (C_out, P) @ x_tap (P, C_in), over strided slices of the
   padded input that keep the channels contiguous, and the single transpose (of dy) is shared by
-  all taps. Forward and input gradient stay XLA's.
+  all taps. Forward and input gradient are XLA's conv, or matmul-first where that pays
+  (`MATMUL_FIRST_MAX_RATIO`).
 
   Args:
     x: (N, *W, C_in).
@@ -299,19 +300,78 @@ def correlate(x, w, *, stride, padding, groups=1, precision=None) -> jax.Array:
   return _correlate(x, w, tuple(stride), padding, precision)
 
 
+# A stride-1 correlation runs matmul-first (`_matmul_then_shift`) when its taps * C_out is at most
+# this many times C_in, else as XLA's conv; the same rule picks the input gradient's path (with
+# the roles of C_in and C_out swapped). Measured per layer on XLA:CPU (BENCHMARKS.md, "Matmul-
+# first convolutions"): XLA's conv kernels slow down with few output channels and small images,
+# while the matmul-first form pays for a (P, taps * C_out) intermediate.
+MATMUL_FIRST_MAX_RATIO = 1
+
+
+def _matmul_first_pays(taps: int, c_in: int, c_out: int) -> bool:
+  return taps * c_out <= MATMUL_FIRST_MAX_RATIO * c_in
+
+
+def _stride1_forward(x, w, padding, precision):
+  """The stride-1 correlation, by the path `_matmul_first_pays` picks."""
+  n = x.ndim - 2
+  if _matmul_first_pays(math.prod(w.shape[:n]), w.shape[-2], w.shape[-1]):
+    out = [size + lo + hi - k + 1 for size, k, (lo, hi) in zip(x.shape[1:-1], w.shape[:n],
+                                                                padding)]
+    # Output o reads Z[o + t - lo, t].
+    return _matmul_then_shift(x, _small_out_matrix(w), w.shape[:n],
+                              lambda t: [ti - lo for ti, (lo, _) in zip(t, padding)], out,
+                              precision)
+  return _lax_correlate(x, w, (1,) * n, padding, 1, precision)
+
+
+def _stride1_input_gradient(x, w, padding, precision, dy):
+  """dx of the stride-1 correlation: matmul-first where it pays, else XLA's conv transpose."""
+  n = x.ndim - 2
+  if _matmul_first_pays(math.prod(w.shape[:n]), w.shape[-1], w.shape[-2]):
+    # dx[j] = sum_t dy[j + lo - t] @ w[t]^T: (*k, C_in, C_out) -> (C_out, taps * C_in).
+    return _matmul_then_shift(dy, jnp.moveaxis(w, -1, 0).reshape(w.shape[-1], -1), w.shape[:n],
+                              lambda t: [lo - ti for ti, (lo, _) in zip(t, padding)],
+                              x.shape[1:-1], precision)
+  _, input_vjp = jax.vjp(lambda v: _lax_correlate(v, w, (1,) * n, padding, 1, precision), x)
+  return input_vjp(dy)[0]
+
+
+def _matmul_then_shift(v, matrix, kernel, offsets, out, precision):
+  """y[o] = sum_t Z[o + offsets(t), t] with Z = v @ matrix, (P, C) @ (C, taps * C'), tap-major.
+
+  The matmul carries all the multiplies (XLA:CPU runs it multithreaded, near its matmul speed);
+  the shifted slices of Z are zero outside it and fuse into one elementwise sum.
+  """
+  z = jnp.matmul(v, matrix, precision=precision)
+  z = z.reshape(*v.shape[:-1], math.prod(kernel), matrix.shape[-1] // math.prod(kernel))
+  y = 0
+  for i, t in enumerate(itertools.product(*map(range, kernel))):
+    y = y + _shifted(z[..., i, :], offsets(t), out)
+  return y
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _correlate(x, w, stride, padding, precision):
-  return _lax_correlate(x, w, stride, padding, 1, precision)
+  return _correlate_fwd(x, w, stride, padding, precision)[0]
 
 
 def _correlate_fwd(x, w, stride, padding, precision):
-  return _lax_correlate(x, w, stride, padding, 1, precision), (x, w)
+  if max(stride) == 1:
+    y = _stride1_forward(x, w, padding, precision)
+  else:
+    y = _lax_correlate(x, w, stride, padding, 1, precision)
+  return y, (x, w)
 
 
 def _correlate_bwd(stride, padding, precision, residuals, dy):
   x, w = residuals
-  _, input_vjp = jax.vjp(lambda v: _lax_correlate(v, w, stride, padding, 1, precision), x)
-  return input_vjp(dy)[0], _weight_gradient(x, dy, w.shape, stride, padding, precision)
+  if max(stride) == 1:
+    dx = _stride1_input_gradient(x, w, padding, precision, dy)
+  else:  # a transposed conv; XLA runs this one well (measured against polyphase.conv_transpose)
+    _, input_vjp = jax.vjp(lambda v: _lax_correlate(v, w, stride, padding, 1, precision), x)
+    dx = input_vjp(dy)[0]
+  return dx, _weight_gradient(x, dy, w.shape, stride, padding, precision)
 
 
 _correlate.defvjp(_correlate_fwd, _correlate_bwd)
@@ -377,14 +437,10 @@ def _shifted(v, offsets, out):
 
 
 def _small_out_fwd(x, w, padding, precision):
-  n = x.ndim - 2
-  kernel, c_out = w.shape[:n], w.shape[-1]
-  z = jnp.matmul(x, _small_out_matrix(w), precision=precision)
-  z = z.reshape(*x.shape[:-1], math.prod(kernel), c_out)
+  kernel = w.shape[:x.ndim - 2]
   out = [size + 2 * p - k + 1 for size, k, p in zip(x.shape[1:-1], kernel, padding)]
-  y = 0
-  for i, t in enumerate(itertools.product(*map(range, kernel))):
-    y = y + _shifted(z[..., i, :], [ti - p for ti, p in zip(t, padding)], out)
+  y = _matmul_then_shift(x, _small_out_matrix(w), kernel,
+                         lambda t: [ti - p for ti, p in zip(t, padding)], out, precision)
   return y, (x, w)
 
 

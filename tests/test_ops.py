@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from decoders import ops
+from decoders import ops, polyphase
 
 jax.config.update('jax_enable_x64', False)
 C_IN, C_OUT, BATCH = 4, 6, 2
@@ -133,6 +133,32 @@ def test_thin_conv_path_matches_torch_and_reference(dim, k, p, c_out):
   _, vjp_ref = jax.vjp(lambda a, b: ops.conv(a, b, padding=p, impl='reference'),
                        jnp.asarray(x), w)
   cotangent = jnp.asarray(rng.standard_normal(out_fast.shape, np.float32))
+  for got, want in zip(vjp_fast(cotangent), vjp_ref(cotangent)):
+    assert_close(got, want)
+
+
+@pytest.mark.parametrize('ratio', [0, 10 ** 6])  # every conv by XLA / every conv matmul-first
+@pytest.mark.parametrize('dim,k,pads,c_in,c_out', [
+    (1, 3, [(1, 1)], 4, 6), (1, 2, [(0, 3)], 6, 2), (1, 4, [(3, 0)], 3, 5),
+    (2, 3, [(1, 1), (0, 2)], 4, 6), (2, 2, [(1, 0), (0, 1)], 8, 2), (2, 1, [(0, 0), (2, 1)], 2, 8),
+    (2, 3, [(-1, 2), (1, -1)], 4, 4)])  # negative: crops
+def test_stride1_correlation_paths_match_xla(dim, k, pads, c_in, c_out, ratio, monkeypatch):
+  """polyphase.correlate's matmul-first forward and input gradient == XLA's conv, both ways."""
+  monkeypatch.setattr(polyphase, 'MATMUL_FIRST_MAX_RATIO', ratio)
+  rng = np.random.default_rng(8)
+  x = jnp.asarray(rng.standard_normal((BATCH, *SIZES[dim], c_in), np.float32))
+  w = jnp.asarray(rng.standard_normal((k,) * dim + (c_in, c_out), np.float32))
+
+  def xla(a, b):
+    a = jax.lax.pad(a, 0.0, [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in pads] + [(0, 0, 0)])
+    return jax.lax.conv_general_dilated(a, b, (1,) * dim, 'VALID',
+                                        dimension_numbers=polyphase._dimension_numbers(dim))
+
+  fast = lambda a, b: polyphase.correlate(a, b, stride=(1,) * dim, padding=pads)
+  out_ref, vjp_ref = jax.vjp(xla, x, w)
+  out_fast, vjp_fast = jax.vjp(fast, x, w)
+  cotangent = jnp.asarray(rng.standard_normal(out_ref.shape, np.float32))
+  assert_close(out_fast, out_ref)
   for got, want in zip(vjp_fast(cotangent), vjp_ref(cotangent)):
     assert_close(got, want)
 
