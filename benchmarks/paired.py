@@ -37,7 +37,10 @@ def parse_setting(text: str):
     a, b = ast.literal_eval(f'({values})')
   except (ValueError, SyntaxError, TypeError):
     raise SystemExit(f'paired: --set needs two comma-separated Python literals, got {values!r}')
-  module = importlib.import_module(module_name)
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise SystemExit(f'paired: cannot import {module_name}: {e}') from None
   if not hasattr(module, attr):
     raise SystemExit(f'paired: {module_name} has no attribute {attr!r}')
   return module, attr, (a, b)
