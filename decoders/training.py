@@ -345,6 +345,7 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
   try:
     if start == 0:  # the artifacts of the untrained decoder, for comparison with the trained one
       writer.write(0, {f'eval/val/{k}': v for k, v in _evaluate(run, state, val).items()})
+      t_log = time.perf_counter()  # eval time is not training time
     end = config.num_steps if stop_after is None else min(stop_after, config.num_steps)
     for step in range(start, end):
       t0 = time.perf_counter()
@@ -366,9 +367,11 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
         writer.write(done, record)
         progress.update(done, record)
       if (config.eval_every and done % config.eval_every == 0) or is_last:
+        jax.block_until_ready(state)  # the steps dispatched so far are training time
+        t_eval = time.perf_counter()
         final = _evaluate(run, state, val)
         writer.write(done, {f'eval/val/{k}': v for k, v in final.items()})
-        t_log = time.perf_counter()  # eval time is not training throughput
+        t_log += time.perf_counter() - t_eval  # eval time is not training time
       if done % config.checkpoint_every == 0 or is_last:
         _check_finite(state, last_saved)
         # Committed before training goes on, so a kill at any moment loses at most one interval

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -82,6 +83,35 @@ def test_resume_is_bit_exact(tmp_path):
   assert step_a == step_b == 40
   jax.tree.map(np.testing.assert_array_equal, a, b)
   assert logged(straight)[-1] == logged(resumed)[-1]
+
+
+def test_eval_time_is_not_training_time(tmp_path, monkeypatch):
+  """A fake clock: each step takes 1 s, each eval 1000 s (step 0's and ones between logs too)."""
+  clock = [0.0]
+  monkeypatch.setattr(training, 'time', types.SimpleNamespace(perf_counter=lambda: clock[0]))
+  make_step, evaluate = training.Run.step_fn, training._evaluate
+
+  def step_fn(run):
+    step = make_step(run)
+    def timed(*args):
+      clock[0] += 1.0
+      return step(*args)
+    return timed
+
+  def timed_evaluate(*args):
+    clock[0] += 1000.0
+    return evaluate(*args)
+
+  monkeypatch.setattr(training.Run, 'step_fn', step_fn)
+  monkeypatch.setattr(training, '_evaluate', timed_evaluate)
+  config = small_config(num_steps=20, log_every=10, eval_every=7, checkpoint_every=10)
+  training.train_and_evaluate(config, str(tmp_path))
+  with open(tmp_path / 'train_summary.json') as f:
+    summary = json.load(f)
+  assert summary['first_step_s'] == 1.0
+  assert summary['train_s'] == 20.0
+  assert summary['images_per_s'] == config.batch_size
+  assert [ips for _, ips in logged(str(tmp_path), 'train/images_per_s')] == [32.0, 32.0]
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
