@@ -1,4 +1,4 @@
-"""benchmarks/paired.py: the --set argument (the timing itself is a benchmark, not a test)."""
+"""benchmarks/: paired.py's --set parsing and layers.py's layer list (timings are not tests)."""
 import pytest
 
 from benchmarks import paired
@@ -23,3 +23,17 @@ def test_parse_setting_errors_are_one_line(text, match):
   with pytest.raises(SystemExit, match=match) as info:
     paired.parse_setting(text)
   assert '\n' not in str(info.value)
+
+
+def test_layers_benchmark_times_every_conv_layer_on_its_input_shape():
+  import jax.numpy as jnp
+  from benchmarks import layers, throughput
+  from configs import mnist
+  from decoders import models
+  config = mnist.get_config()
+  model = models.build_model(config.model, throughput.DATASETS['mnist'], train_mean=0.3, seed=0)
+  found = layers.layer_inputs(model, jnp.zeros((2, 28, 28, 1)))
+  assert [(name, path, x.shape[1:]) for name, _, path, x in found] == [
+      ('enc conv0 s2', ('convs', 0), (28, 28, 1)), ('enc conv1 s2', ('convs', 1), (14, 14, 32)),
+      ('block0 TConv', ('blocks', 0), (7, 7, 64)), ('block1 TConv', ('blocks', 1), (14, 14, 32)),
+      ('out conv', ('out', None), (28, 28, 32))]
