@@ -114,15 +114,24 @@ def _jax_setup(dataset: str, block: str, options: dict, impl: str, batch_splits:
   graphdef, params = nnx.split(model)
   tx = training.make_optimizer(config)
   state = training.init_state(params, tx)
-  step_options = {}
+  step_options, jit_options = {}, {}
   if hasattr(training, 'batch_splits'):  # as train.py resolves it; a --baseline may predate it
     step_options['splits'] = training.batch_splits(config, jax.devices())
+  replicated = batch_sharding = None
+  if jax.device_count() > 1:  # data parallel as train.py runs it (e.g. virtual CPU devices)
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    mesh = Mesh(np.asarray(jax.devices()), ('data',))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    batch_sharding = NamedSharding(mesh, PartitionSpec('data'))
+    step_options['batch_sharding'] = batch_sharding
+    jit_options['out_shardings'] = (replicated, replicated)
+    state = jax.device_put(state, replicated)
   step = jax.jit(functools.partial(training.train_step, graphdef=graphdef, tx=tx, seed=0,
                                    likelihood_std=config.model.likelihood_std, **step_options),
-                 donate_argnums=0)
+                 donate_argnums=0, **jit_options)
   rng = np.random.default_rng(0)
-  images = jax.device_put(rng.integers(0, 256, (NUM_IMAGES,) + shape, np.uint8))
-  indices = [jax.device_put(rng.permutation(NUM_IMAGES)[:BATCH].astype(np.int32))
+  images = jax.device_put(rng.integers(0, 256, (NUM_IMAGES,) + shape, np.uint8), replicated)
+  indices = [jax.device_put(rng.permutation(NUM_IMAGES)[:BATCH].astype(np.int32), batch_sharding)
              for _ in range(8)]
   return step, state, images, indices, step_options.get('splits', 1)
 
@@ -150,7 +159,7 @@ def jax_worker(dataset, block, options, impl, steps, warmup, batch_splits=0):
   assert math.isfinite(float(metrics['loss']))
   return dict(ips=BATCH * steps / dt, step_ms=1e3 * dt / steps, compile_s=compile_s,
               first_s=first_s, xla_gflop=float(cost.get('flops', float('nan'))) / 1e9,
-              splits=splits)
+              splits=splits, devices=len(state['step'].sharding.device_set))  # the step ran on
 
 
 def torch_worker(dataset, block, options, mode, steps, warmup):

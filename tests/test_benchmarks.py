@@ -37,3 +37,12 @@ def test_layers_benchmark_times_every_conv_layer_on_its_input_shape():
       ('enc conv0 s2', ('convs', 0), (28, 28, 1)), ('enc conv1 s2', ('convs', 1), (14, 14, 32)),
       ('block0 TConv', ('blocks', 0), (7, 7, 64)), ('block1 TConv', ('blocks', 1), (14, 14, 32)),
       ('out conv', ('out', None), (28, 28, 32))]
+
+
+def test_scaling_worker_shards_the_step_over_two_virtual_cpu_devices():
+  import argparse
+  from benchmarks import scaling
+  kind, env, pinned = scaling.VARIANTS['jax, 2 devices']
+  r = scaling.spawn(kind, 'mnist', 'tconv_k3', env, pinned, argparse.Namespace(steps=1, warmup=0))
+  assert 'err' not in r, r.get('err')
+  assert r['devices'] == 2 and r['splits'] == 1 and r['ips'] > 0
