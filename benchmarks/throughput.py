@@ -159,7 +159,7 @@ def jax_worker(dataset, block, options, impl, steps, warmup, batch_splits=0):
   assert math.isfinite(float(metrics['loss']))
   return dict(ips=BATCH * steps / dt, step_ms=1e3 * dt / steps, compile_s=compile_s,
               first_s=first_s, xla_gflop=float(cost.get('flops', float('nan'))) / 1e9,
-              splits=splits, devices=len(state['step'].sharding.device_set))  # the step ran on
+              splits=splits, devices=len(state['step'].sharding.device_set))  # where it ran
 
 
 def torch_worker(dataset, block, options, mode, steps, warmup):
