@@ -161,8 +161,7 @@ def main(argv=None):
   t = time.perf_counter()
   results = {(d, b): time_layers(d, b, calls=args.calls, repeat=args.repeat)
              for d in datasets for b in blocks}
-  cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo')
-              if l.startswith('model name')), '?')
+  cpu = throughput.cpu_name()
   print(f'\n## {started}: `python -m benchmarks.layers {" ".join(sys.argv[1:])}`\n{cpu}, '
         f'{os.cpu_count()} cores, torch threads {torch.get_num_threads()}; batch '
         f'{throughput.BATCH}; median of {args.repeat} x {args.calls} calls; '

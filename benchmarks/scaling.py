@@ -22,9 +22,7 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -40,19 +38,12 @@ VARIANTS = {
 }
 
 
-def spawn(kind: str, dataset: str, block: str, env: dict, pinned: bool, args) -> dict:
-  cmd = [sys.executable, '-m', 'benchmarks.throughput', 'worker', kind, '--dataset', dataset,
-         '--block', block, '--steps', str(args.steps), '--warmup', str(args.warmup),
-         '--root', throughput.REPO]
-  one_core = {min(os.sched_getaffinity(0))}
-  try:
-    p = subprocess.run(cmd, cwd=throughput.REPO, capture_output=True, text=True, timeout=600,
-                       env=dict(os.environ, **env),
-                       preexec_fn=(lambda: os.sched_setaffinity(0, one_core)) if pinned else None)
-    lines = [l for l in p.stdout.splitlines() if l.startswith('RESULT ')]
-    return json.loads(lines[-1][7:]) if lines else {'err': (p.stderr or p.stdout)[-400:]}
-  except subprocess.TimeoutExpired:
-    return {'err': 'timeout after 600 s'}
+def spawn(kind: str, dataset: str, block: str, env: dict, pinned: bool, *, steps: int,
+          warmup: int) -> dict:
+  argv = [kind, '--dataset', dataset, '--block', block, '--steps', str(steps),
+          '--warmup', str(warmup)]
+  return throughput._spawn(argv, throughput.REPO, 600, env=dict(os.environ, **env),
+                           one_core=pinned)
 
 
 def main(argv=None):
@@ -73,7 +64,7 @@ def main(argv=None):
     for dataset in datasets:
       for block in blocks:
         for variant, (kind, env, pinned) in VARIANTS.items():
-          r = spawn(kind, dataset, block, env, pinned, args)
+          r = spawn(kind, dataset, block, env, pinned, steps=args.steps, warmup=args.warmup)
           runs.setdefault((dataset, block, variant), []).append(r)
           print(rep, dataset, block, variant, json.dumps(r), flush=True)
 
@@ -85,10 +76,8 @@ def main(argv=None):
     values = [r['first_s'] for r in runs[(dataset, block, variant)] if 'first_s' in r]
     return f'{statistics.median(values):.1f}' if values else '-'
 
-  cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo')
-              if l.startswith('model name')), platform.processor())
   lines = [f'\n## {started}: `python -m benchmarks.scaling {" ".join(sys.argv[1:])}`', '',
-           f'{cpu}, {os.cpu_count()} cores; batch 128; '
+           f'{throughput.cpu_name()}, {os.cpu_count()} cores; batch 128; '
            f'median of {args.repeat} x {args.steps} steps; {(time.time() - t0) / 60:.1f} min', '',
            '| dataset | block | ' + ' | '.join(VARIANTS) + ' | JAX 2 cores / 1 | torch 2 cores / 1 '
            '| JAX / torch.compile, 1 core | JAX / torch.compile, 2 cores '

@@ -254,7 +254,8 @@ def threads(args) -> str:
   runs = {'all': [], 'one': []}
   for _ in range(args.repeat):
     for cores in runs:
-      runs[cores].append(_spawn(['ops:' + cores, '--malloc', args.malloc], REPO, 300))
+      runs[cores].append(_spawn(['ops', '--malloc', args.malloc], REPO, 300,
+                                one_core=cores == 'one'))
   lines = [f'| op (jitted, alone) | ms, {os.cpu_count()} cores | ms, pinned to 1 core | ratio |',
            '|---|---:|---:|---:|']
   for name in OPS:
@@ -312,9 +313,7 @@ def run_worker(args) -> dict:
   sys.path.insert(0, args.root)
   if args.kind == 'peak':
     return peak_worker()
-  if args.kind.startswith('ops:'):
-    if args.kind == 'ops:one':  # before XLA starts its thread pools
-      os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+  if args.kind == 'ops':
     return ops_worker()
   if args.kind == 'loop':
     return loop_worker(args.steps, args.data_dir)
@@ -333,11 +332,15 @@ def run_worker(args) -> dict:
 # ------------------------------------------------------------------------------------------------
 # Driver.
 
-def _spawn(argv: list[str], root: str, timeout: float, env=None) -> dict:
+def _spawn(argv: list[str], root: str, timeout: float, env=None, one_core=False) -> dict:
+  """Runs one worker; one_core pins it to a single core before it starts (its thread pools too)."""
   cmd = [sys.executable, '-m', 'benchmarks.throughput', 'worker'] + argv + ['--root', root]
+  cores = {min(os.sched_getaffinity(0))}
+  pin = (lambda: os.sched_setaffinity(0, cores)) if one_core else None
   t = time.perf_counter()
   try:
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env,
+                       preexec_fn=pin)
     lines = [l for l in p.stdout.splitlines() if l.startswith('RESULT ')]
     r = json.loads(lines[-1][7:]) if lines else {'err': (p.stderr or p.stdout)[-600:]}
   except subprocess.TimeoutExpired:
@@ -372,6 +375,16 @@ def drive(args) -> dict:
       runs.setdefault('loop', []).append(r)
       print(rep, 'loop', json.dumps(r), flush=True)
   return dict(runs=runs, total_s=time.perf_counter() - t0)
+
+
+def cpu_name() -> str:
+  """The CPU's model name, for the header of each benchmark's log."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      return next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')),
+                  platform.processor())
+  except OSError:
+    return platform.processor()
 
 
 def _stats(rs, key='ips'):
@@ -618,7 +631,7 @@ def main(argv=None):
                       choices=('bench', 'check', 'flags', 'profile', 'threads', 'worker'))
   parser.add_argument('kind', nargs='?', help='worker: jax | jax:baseline | jax:default-malloc | '
                       'jax:splits=K | torch:eager | torch:compile | peak | loop | profile | '
-                      'ops:all | ops:one')
+                      'ops')
   parser.add_argument('--quick', action='store_true', help='1 repeat, 10 timed steps')
   parser.add_argument('--repeat', type=int, default=3)
   parser.add_argument('--steps', type=int, default=30, help='timed steps per run')
@@ -668,8 +681,7 @@ def main(argv=None):
     return
   result = drive(args)
   text = report(result, args)
-  cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo')
-              if l.startswith('model name')), platform.processor())
+  cpu = cpu_name()
   loads = [r['load1'] for rs in result['runs'].values() for r in rs]
   print(f'\n## {started}: `python -m benchmarks.throughput {" ".join(sys.argv[1:])}`\n'
         f'{cpu}, {os.cpu_count()} cores; batch {BATCH}; {args.repeat} repeat(s) x {args.steps} '

@@ -40,9 +40,8 @@ def test_layers_benchmark_times_every_conv_layer_on_its_input_shape():
 
 
 def test_scaling_worker_shards_the_step_over_two_virtual_cpu_devices():
-  import argparse
   from benchmarks import scaling
   kind, env, pinned = scaling.VARIANTS['jax, 2 devices']
-  r = scaling.spawn(kind, 'mnist', 'tconv_k3', env, pinned, argparse.Namespace(steps=1, warmup=0))
+  r = scaling.spawn(kind, 'mnist', 'tconv_k3', env, pinned, steps=1, warmup=0)
   assert 'err' not in r, r.get('err')
   assert r['devices'] == 2 and r['splits'] == 1 and r['ips'] > 0
