@@ -283,7 +283,9 @@ def correlate(x, w, *, stride, padding, groups=1, precision=None) -> jax.Array:
   gradient is one matmul per tap, dy^T (C_out, P) @ x_tap (P, C_in), over strided slices of the
   padded input that keep the channels contiguous, and the single transpose (of dy) is shared by
   all taps. Forward and input gradient are XLA's conv, or matmul-first where that pays
-  (`MATMUL_FIRST_MAX_RATIO`).
+  (`MATMUL_FIRST_MAX_RATIO`). With at most `IM2COL_MAX_C_IN` input channels (the encoder's first
+  conv on RGB or grey images) the forward is im2col + one matmul instead, and the weight gradient
+  one matmul against the saved columns.
 
   Args:
     x: (N, *W, C_in).
@@ -356,16 +358,54 @@ def _correlate(x, w, stride, padding, precision):
   return _correlate_fwd(x, w, stride, padding, precision)[0]
 
 
+# A correlation with at most this many input channels runs as im2col + one matmul (below).
+# Measured in the train step (BENCHMARKS.md, "im2col for thin inputs"): the CIFAR-10 step gains
+# 1-5% with it on the encoder's first conv (C_in 3); on a C_in 32 conv it did not pay.
+IM2COL_MAX_C_IN = 4
+
+
+def _tap_slices(x, kernel, stride, padding, out):
+  """Per tap t (row-major over the kernel): x_padded[:, o*s + t], o over the output grid."""
+  xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding]
+               + [(0, 0, 0)])
+  taps = []
+  for t in itertools.product(*map(range, kernel)):
+    limit = [ti + s * (o - 1) + 1 for ti, s, o in zip(t, stride, out)]
+    taps.append(lax.slice(xp, (0, *t, 0), (x.shape[0], *limit, x.shape[-1]), (1, *stride, 1)))
+  return taps
+
+
+def _columns(x, kernel, stride, padding, out):
+  """im2col: (N, *W, C) -> (N * prod(out), prod(k) * C), tap-major."""
+  taps = _tap_slices(x, kernel, stride, padding, out)
+  return jnp.stack(taps, axis=-2).reshape(-1, len(taps) * x.shape[-1])
+
+
 def _correlate_fwd(x, w, stride, padding, precision):
+  n = x.ndim - 2
+  if x.shape[-1] <= IM2COL_MAX_C_IN:
+    # Few input channels: XLA:CPU's conv, and the per-tap weight gradient ((C_out, P) @ (P, C_in)
+    # per tap), run far below matmul speed. The columns are only prod(k) * C_in wide; one matmul
+    # gives y, and the saved columns give the weight gradient as one more.
+    out = [(size + lo + hi - k) // s + 1 for size, k, s, (lo, hi) in zip(
+        x.shape[1:-1], w.shape[:n], stride, padding)]
+    cols = _columns(x, w.shape[:n], stride, padding, out)
+    y = jnp.matmul(cols, w.reshape(-1, w.shape[-1]), precision=precision)
+    return y.reshape(x.shape[0], *out, w.shape[-1]), (x, w, cols)
   if max(stride) == 1:
     y = _stride1_forward(x, w, padding, precision)
   else:
     y = _lax_correlate(x, w, stride, padding, 1, precision)
-  return y, (x, w)
+  return y, (x, w, None)
 
 
 def _correlate_bwd(stride, padding, precision, residuals, dy):
-  x, w = residuals
+  x, w, cols = residuals
+  if cols is not None:
+    dw = lax.dot_general(cols, dy.reshape(-1, dy.shape[-1]), (((0,), (0,)), ((), ())),
+                         precision=precision).reshape(w.shape)
+    _, input_vjp = jax.vjp(lambda v: _lax_correlate(v, w, stride, padding, 1, precision), x)
+    return input_vjp(dy)[0], dw
   if max(stride) == 1:
     dx = _stride1_input_gradient(x, w, padding, precision, dy)
   else:  # a transposed conv; XLA runs this one well (measured against polyphase.conv_transpose)
@@ -381,17 +421,11 @@ def _weight_gradient(x, dy, kernel_shape, stride, padding, precision):
   """dw[t] = sum_{n, o} x_padded[n, o*s + t] (x) dy[n, o]: one (C_out, P) @ (P, C_in) per tap."""
   n = x.ndim - 2
   kernel, c_in, c_out = kernel_shape[:n], x.shape[-1], dy.shape[-1]
-  out = dy.shape[1:-1]
-  xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding]
-               + [(0, 0, 0)])
   rows = math.prod(dy.shape[:-1])
   # Materialised once: without the barrier XLA fuses the transpose into every tap's matmul.
   dy_t = lax.optimization_barrier(dy.reshape(rows, c_out).T)
-  taps = []
-  for t in itertools.product(*map(range, kernel)):
-    limit = [ti + s * (o - 1) + 1 for ti, s, o in zip(t, stride, out)]
-    x_tap = lax.slice(xp, (0, *t, 0), (x.shape[0], *limit, c_in), (1, *stride, 1))
-    taps.append(jnp.matmul(dy_t, x_tap.reshape(rows, c_in), precision=precision))
+  taps = [jnp.matmul(dy_t, x_tap.reshape(rows, c_in), precision=precision)
+          for x_tap in _tap_slices(x, kernel, stride, padding, dy.shape[1:-1])]
   return jnp.swapaxes(jnp.stack(taps).reshape(*kernel, c_out, c_in), -1, -2)
 
 

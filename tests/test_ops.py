@@ -102,9 +102,12 @@ def test_polyphase_gradients_match_reference(dim, k, s, p, op, d, g):
     assert_close(got, want)
 
 
+@pytest.mark.parametrize('im2col_max_c_in', [0, C_IN])  # C_IN = 4 input channels: per-tap / im2col
 @pytest.mark.parametrize('dim,k,s,p,d,g', list(conv_cases())[::5])
-def test_conv_fast_path_gradients_match_reference(dim, k, s, p, d, g):
-  """impl='auto' (XLA's forward, matmul weight gradients) == XLA's conv and its autodiff."""
+def test_conv_fast_path_gradients_match_reference(dim, k, s, p, d, g, im2col_max_c_in,
+                                                  monkeypatch):
+  """impl='auto' (XLA's forward or im2col, matmul weight gradients) == XLA's conv, autodiff."""
+  monkeypatch.setattr(polyphase, 'IM2COL_MAX_C_IN', im2col_max_c_in)
   rng = np.random.default_rng(6)
   x = jnp.asarray(rng.standard_normal((BATCH, *SIZES[dim], C_IN), np.float32))
   w = jnp.asarray(rng.standard_normal((k,) * dim + (C_IN // g, C_OUT), np.float32))
@@ -145,6 +148,7 @@ def test_thin_conv_path_matches_torch_and_reference(dim, k, p, c_out):
 def test_stride1_correlation_paths_match_xla(dim, k, pads, c_in, c_out, ratio, monkeypatch):
   """polyphase.correlate's matmul-first forward and input gradient == XLA's conv, both ways."""
   monkeypatch.setattr(polyphase, 'MATMUL_FIRST_MAX_RATIO', ratio)
+  monkeypatch.setattr(polyphase, 'IM2COL_MAX_C_IN', 0)  # the thin-input path is tested above
   rng = np.random.default_rng(8)
   x = jnp.asarray(rng.standard_normal((BATCH, *SIZES[dim], c_in), np.float32))
   w = jnp.asarray(rng.standard_normal((k,) * dim + (c_in, c_out), np.float32))
