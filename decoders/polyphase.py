@@ -482,13 +482,16 @@ def _small_out_bwd(padding, precision, residuals, dy):
   x, w = residuals
   n = x.ndim - 2
   kernel, c_in, c_out = w.shape[:n], x.shape[-1], w.shape[-1]
-  # dZ[i, t] = dy[i + p - t], i over the input grid.
-  taps = [_shifted(dy, [p - ti for ti, p in zip(t, padding)], x.shape[1:-1])
-          for t in itertools.product(*map(range, kernel))]
-  dz = jnp.stack(taps, axis=-2).reshape(-1, math.prod(kernel) * c_out)
-  matrix = _small_out_matrix(w)
-  dx = jnp.matmul(dz, matrix.T, precision=precision).reshape(x.shape)
-  dw = lax.dot_general(dz, x.reshape(-1, c_in), (((0,), (0,)), ((), ())), precision=precision)
+  # dZ^T[(t, c), i] = dy[i + p - t, c], i over the input grid. Channel-major (each row a shifted
+  # plane of dy) rather than dZ (P, taps * C_out): the few-channel rows copy as long runs, and
+  # the weight gradient is a plain (taps * C_out, P) @ (P, C_in) matmul.
+  planes = jnp.moveaxis(dy, -1, 0).reshape(c_out * dy.shape[0], *dy.shape[1:-1])
+  dz_t = jnp.stack([_shifted(planes, [p - ti for ti, p in zip(t, padding)], x.shape[1:-1])
+                    for t in itertools.product(*map(range, kernel))])
+  dz_t = dz_t.reshape(math.prod(kernel) * c_out, -1)
+  dx = lax.dot_general(dz_t, _small_out_matrix(w), (((0,), (1,)), ((), ())),
+                       precision=precision).reshape(x.shape)
+  dw = jnp.matmul(dz_t, x.reshape(-1, c_in), precision=precision)
   dw = jnp.moveaxis(dw.reshape(*kernel, c_out, c_in), -1, -2)
   return dx, dw
 
