@@ -375,10 +375,15 @@ def _tap_slices(x, kernel, stride, padding, out):
   return taps
 
 
-def _columns(x, kernel, stride, padding, out):
-  """im2col: (N, *W, C) -> (N * prod(out), prod(k) * C), tap-major."""
-  taps = _tap_slices(x, kernel, stride, padding, out)
-  return jnp.stack(taps, axis=-2).reshape(-1, len(taps) * x.shape[-1])
+def _columns_t(x, kernel, stride, padding, out):
+  """im2col, transposed: (N, *W, C) -> (prod(k) * C, N * prod(out)), rows tap-major.
+
+  Channel-major, so each row is a strided slice of one channel plane: for a few channels that
+  copies as long runs, and the weight gradient is a plain (prod(k) * C, P) @ (P, C_out) matmul.
+  """
+  planes = jnp.moveaxis(x, -1, 0).reshape(x.shape[-1] * x.shape[0], *x.shape[1:-1], 1)
+  taps = _tap_slices(planes, kernel, stride, padding, out)
+  return jnp.stack(taps).reshape(len(taps) * x.shape[-1], -1)
 
 
 def _correlate_fwd(x, w, stride, padding, precision):
@@ -389,9 +394,10 @@ def _correlate_fwd(x, w, stride, padding, precision):
     # gives y, and the saved columns give the weight gradient as one more.
     out = [(size + lo + hi - k) // s + 1 for size, k, s, (lo, hi) in zip(
         x.shape[1:-1], w.shape[:n], stride, padding)]
-    cols = _columns(x, w.shape[:n], stride, padding, out)
-    y = jnp.matmul(cols, w.reshape(-1, w.shape[-1]), precision=precision)
-    return y.reshape(x.shape[0], *out, w.shape[-1]), (x, w, cols)
+    cols_t = _columns_t(x, w.shape[:n], stride, padding, out)
+    y = lax.dot_general(cols_t, w.reshape(-1, w.shape[-1]), (((0,), (0,)), ((), ())),
+                        precision=precision)
+    return y.reshape(x.shape[0], *out, w.shape[-1]), (x, w, cols_t)
   if max(stride) == 1:
     y = _stride1_forward(x, w, padding, precision)
   else:
@@ -400,10 +406,9 @@ def _correlate_fwd(x, w, stride, padding, precision):
 
 
 def _correlate_bwd(stride, padding, precision, residuals, dy):
-  x, w, cols = residuals
-  if cols is not None:
-    dw = lax.dot_general(cols, dy.reshape(-1, dy.shape[-1]), (((0,), (0,)), ((), ())),
-                         precision=precision).reshape(w.shape)
+  x, w, cols_t = residuals
+  if cols_t is not None:
+    dw = jnp.matmul(cols_t, dy.reshape(-1, dy.shape[-1]), precision=precision).reshape(w.shape)
     _, input_vjp = jax.vjp(lambda v: _lax_correlate(v, w, stride, padding, 1, precision), x)
     return input_vjp(dy)[0], dw
   if max(stride) == 1:
