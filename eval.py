@@ -13,7 +13,7 @@ import sys
 
 from absl import app, flags, logging
 
-from decoders import cli
+from decoders import cli, compile_cache
 
 flags.DEFINE_multi_string('workdir', None, 'Run directory written by train.py; repeat it to '
                           'evaluate and compare several runs (required).')
@@ -80,6 +80,7 @@ def main(argv):
   if not FLAGS.workdir:  # checked here, not by absl, for the one-line error and exit code 2
     cli.fail('--workdir=<dir> is required (repeat it to compare several runs)')
   logging.set_verbosity(logging.WARNING)
+  compile_cache.enable()
   from decoders import evaluation
   records, datasets = [], {}
   for workdir in FLAGS.workdir:

@@ -9,7 +9,7 @@ malloc.tune()  # before JAX starts its threads: XLA:CPU reuses its step buffers
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from decoders import cli
+from decoders import cli, compile_cache
 
 config_flags.DEFINE_config_file('config', None, 'Run config file (configs/*.py).',
                                 lock_config=True)
@@ -25,6 +25,7 @@ def main(argv):
   config = cli.config_from_flag(FLAGS.config)
   if not FLAGS.workdir:
     cli.fail('--workdir=<dir> is required')
+  compile_cache.enable()  # a rerun or resume loads its compiled programs from disk
   if config.multihost:
     import jax
     jax.distributed.initialize()

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -21,7 +22,9 @@ from decoders import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.environ.get('DECODERS_DATA_DIR') or os.path.join(ROOT, '..', 'shared', 'data')
-ENV = dict(os.environ, DECODERS_DATA_DIR=DATA_DIR, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
+# The runs share one compilation cache of their own (decoders.compile_cache), not the user's.
+ENV = dict(os.environ, DECODERS_DATA_DIR=DATA_DIR, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1',
+           JAX_COMPILATION_CACHE_DIR=tempfile.mkdtemp(prefix='decoders-test-jax-cache-'))
 KILLS = 5
 # A small, fast run: tiny model, checkpoint every 4 steps, a metrics line every step.
 SMALL = ['--config.model.kind=vae', '--config.batch_size=16', '--config.model.widths=(8,16)', '--config.model.latent_dim=8',
