@@ -671,6 +671,9 @@ def main(argv=None):
     args.loop_steps = min(args.loop_steps, 150)
   args.datasets, args.blocks = args.datasets.split(','), args.blocks.split(',')
   args.frameworks = args.frameworks.split(',')
+  unknown = sorted(set(args.frameworks) - set(FRAMEWORKS))
+  if unknown:
+    raise SystemExit(f'throughput: unknown framework(s) {unknown}; valid: {", ".join(FRAMEWORKS)}')
   args.compare_splits = [int(k) for k in args.compare_splits.split(',') if k]
   args.baseline = os.path.abspath(args.baseline) if args.baseline else ''
   started = datetime.datetime.now().astimezone().isoformat(timespec='seconds')

@@ -2,7 +2,7 @@
 
 A rerun, a resume or a sweep point whose programs were compiled before (same model, shapes,
 config and JAX version) loads them from disk instead of compiling them again: the first step of
-a resumed MNIST run takes ~1.8 s instead of ~5 s on the 2-core CPU (BENCHMARKS.md, "Compilation
+a resumed MNIST run takes 1.2 s instead of 7 s on the 2-core CPU (BENCHMARKS.md, "Compilation
 cache"). Results do not depend on it (tests/test_compile_cache.py: a run with a warm cache ends
 with the parameters of one with a cold cache, bit for bit). XLA:CPU checks a cached program
 against this machine's CPU features before it loads it and compiles afresh otherwise, so a cache
