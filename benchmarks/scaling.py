@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -68,13 +67,9 @@ def main(argv=None):
           runs.setdefault((dataset, block, variant), []).append(r)
           print(rep, dataset, block, variant, json.dumps(r), flush=True)
 
-  def ips(key):
-    values = [r['ips'] for r in runs[key] if 'ips' in r]
-    return (statistics.median(values), min(values), max(values)) if values else None
-
   def first_step(dataset, block, variant):
-    values = [r['first_s'] for r in runs[(dataset, block, variant)] if 'first_s' in r]
-    return f'{statistics.median(values):.1f}' if values else '-'
+    stats = throughput._stats(runs[(dataset, block, variant)], 'first_s')
+    return f'{stats[0]:.1f}' if stats else '-'
 
   lines = [f'\n## {started}: `python -m benchmarks.scaling {" ".join(sys.argv[1:])}`', '',
            f'{throughput.cpu_name()}, {os.cpu_count()} cores; batch 128; '
@@ -85,7 +80,7 @@ def main(argv=None):
            '|---|---|' + '---:|' * (len(VARIANTS) + 5)]
   for dataset in datasets:
     for block in blocks:
-      stats = {v: ips((dataset, block, v)) for v in VARIANTS}
+      stats = {v: throughput._stats(runs[(dataset, block, v)]) for v in VARIANTS}
       cells = [f'{s[0]:.0f} ({s[1]:.0f}-{s[2]:.0f})' if s else 'failed' for s in stats.values()]
 
       def ratio(a, b):

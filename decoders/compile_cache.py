@@ -1,12 +1,12 @@
 """A persistent XLA compilation cache for train.py and eval.py (JAX's own, on disk).
 
 A rerun, a resume or a sweep point whose programs were compiled before (same model, shapes,
-config and JAX version) loads them from disk instead of compiling them again: the first step of
-a resumed MNIST run takes 1.2 s instead of 7 s on the 2-core CPU (BENCHMARKS.md, "Compilation
-cache"). Results do not depend on it (tests/test_compile_cache.py: a run with a warm cache ends
-with the parameters of one with a cold cache, bit for bit). XLA:CPU checks a cached program
-against this machine's CPU features before it loads it and compiles afresh otherwise, so a cache
-shared between machines is safe.
+config and JAX version) loads them from disk instead of compiling them again: a 20-step MNIST
+run whose programs are cached starts its first step after 1.2 s instead of 7 s on the 2-core CPU
+(`python -m benchmarks.compile_cache`, BENCHMARKS.md, "Compilation cache"). Results do not depend
+on it (tests/test_compile_cache.py: a run with a warm cache ends with the parameters of one with a
+cold cache, bit for bit). XLA:CPU's loader compares a cached program's CPU features with this
+machine's and, on a mismatch, logs an error and compiles afresh.
 
 JAX's own variable decides: with JAX_COMPILATION_CACHE_DIR set, to a folder or to nothing (no
 cache), nothing here changes it; unset, the cache lives in $XDG_CACHE_HOME/decoders/jax

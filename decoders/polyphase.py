@@ -18,8 +18,8 @@ The phases form stride-1 correlations with (number of phases) * C_out output cha
 kernel G[q, r] = sum_t A[q, r, t] w[t] is a fixed 0/1 selection (A) of the weights. Arguments here
 are already validated per-axis tuples (see `decoders.ops`).
 
-`correlate` is the convolution under every fast path: XLA's forward conv, with a weight gradient
-made of matmuls (see its docstring); `correlate_small_out` serves convs with few output channels
+`correlate` is the convolution under every fast path: XLA's forward conv (im2col + a matmul for
+few input channels), with a weight gradient made of matmuls (see its docstring); `correlate_small_out` serves convs with few output channels
 (the image-out conv). All of them are exact (tests/test_ops.py, tests/test_upsample.py compare
 values and gradients with PyTorch and with XLA's own convs) and define VJPs, so they support
 reverse-mode autodiff and vmap but not forward mode (impl='reference' does).
@@ -359,8 +359,8 @@ def _correlate(x, w, stride, padding, precision):
 
 
 # A correlation with at most this many input channels runs as im2col + one matmul (below).
-# Measured in the train step (BENCHMARKS.md, "im2col for thin inputs"): the CIFAR-10 step gains
-# 1-5% with it on the encoder's first conv (C_in 3); on a C_in 32 conv it did not pay.
+# Measured in the train step (BENCHMARKS.md, "im2col for thin inputs"): with it on the encoder's
+# first conv (C_in 3) the CIFAR-10 step runs 0.99-1.05x (median 1.02x); on C_in 32 it did not pay.
 IM2COL_MAX_C_IN = 4
 
 
@@ -407,16 +407,16 @@ def _correlate_fwd(x, w, stride, padding, precision):
 
 def _correlate_bwd(stride, padding, precision, residuals, dy):
   x, w, cols_t = residuals
-  if cols_t is not None:
-    dw = jnp.matmul(cols_t, dy.reshape(-1, dy.shape[-1]), precision=precision).reshape(w.shape)
-    _, input_vjp = jax.vjp(lambda v: _lax_correlate(v, w, stride, padding, 1, precision), x)
-    return input_vjp(dy)[0], dw
   if max(stride) == 1:
     dx = _stride1_input_gradient(x, w, padding, precision, dy)
   else:  # a transposed conv; XLA runs this one well (measured against polyphase.conv_transpose)
     _, input_vjp = jax.vjp(lambda v: _lax_correlate(v, w, stride, padding, 1, precision), x)
     dx = input_vjp(dy)[0]
-  return dx, _weight_gradient(x, dy, w.shape, stride, padding, precision)
+  if cols_t is not None:  # the im2col forward saved its columns: one matmul
+    dw = jnp.matmul(cols_t, dy.reshape(-1, dy.shape[-1]), precision=precision).reshape(w.shape)
+  else:
+    dw = _weight_gradient(x, dy, w.shape, stride, padding, precision)
+  return dx, dw
 
 
 _correlate.defvjp(_correlate_fwd, _correlate_bwd)

@@ -1,7 +1,6 @@
 """Tests for decoders.compile_cache: where train.py and eval.py keep compiled programs."""
 import os
 import subprocess
-import sys
 
 import numpy as np
 
@@ -22,7 +21,7 @@ def test_default_folder_follows_xdg(monkeypatch, tmp_path):
 
 
 def test_warm_cache_loads_programs_and_changes_nothing(tmp_path):
-  """train.py fills the default cache; a second run loads from it and ends bit-identical."""
+  """With the variable unset train.py fills the default folder; a second run loads from it."""
   env = {k: v for k, v in ENV.items() if k != compile_cache.ENV}
   env['XDG_CACHE_HOME'] = str(tmp_path / 'xdg')
   cache = tmp_path / 'xdg' / 'decoders' / 'jax'
@@ -43,13 +42,3 @@ def test_warm_cache_loads_programs_and_changes_nothing(tmp_path):
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x, y)
 
-
-def test_unset_variable_turns_the_cache_on(tmp_path):
-  env = {k: v for k, v in ENV.items() if k != compile_cache.ENV}
-  env['XDG_CACHE_HOME'] = str(tmp_path)
-  code = ('import jax; from decoders import compile_cache as c; p = c.enable(); '
-          'print(p == jax.config.jax_compilation_cache_dir == c.default_dir())')
-  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=120)
-  assert out.stdout.strip() == 'True', out.stderr[-2000:]
-  assert os.path.isdir(tmp_path / 'decoders' / 'jax')
