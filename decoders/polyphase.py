@@ -139,21 +139,16 @@ def _conv_transpose_bwd(stride, padding, output_padding, dilation, precision, re
       rhs_dilation=dilation, dimension_numbers=_dimension_numbers(n), precision=precision)
   # output_padding >= stride (possible with dilation) leaves trailing conv outputs with no x.
   dx = dx[(slice(None),) + tuple(slice(0, size) for size in x.shape[1:-1])]
-  # dw[t] = sum_i x[i] (x) dy[i*s + t*d - p]: dy padded by p (and cropped to what is read).
+  # dw[t] = sum_i x[i] (x) dy[i*s + t*d - p], zero outside dy: per tap a strided window of dy
+  # whose slice and pad fuse into the copy its matmul reads (a padded dy is never materialised;
+  # BENCHMARKS.md, "Unpadded tap windows").
   kernel, rows = w.shape[:n], math.prod(x.shape[:-1])
-  config = [(0, 0, 0)] + [(p, (size - 1) * s + (k - 1) * d + 1 - (length + p), 0)
-                          for p, size, s, k, d, length in zip(
-                              padding, x.shape[1:-1], stride, kernel, dilation, dy.shape[1:-1])]
-  dyp = lax.pad(dy, jnp.zeros((), dy.dtype), config + [(0, 0, 0)])
+  dy_taps = [_shifted(dy, [ti * d - p for ti, d, p in zip(t, dilation, padding)], x.shape[1:-1],
+                      stride) for t in itertools.product(*map(range, kernel))]
   # Materialised once: without the barrier XLA fuses the transpose into every tap's matmul.
   x_t = lax.optimization_barrier(x.reshape(rows, x.shape[-1]).T)
-  taps = []
-  for t in itertools.product(*map(range, kernel)):
-    start = [ti * d for ti, d in zip(t, dilation)]
-    limit = [st + (size - 1) * s + 1 for st, size, s in zip(start, x.shape[1:-1], stride)]
-    dy_t = lax.slice(dyp, (0, *start, 0), (dy.shape[0], *limit, dy.shape[-1]),
-                     (1, *stride, 1))
-    taps.append(jnp.matmul(x_t, dy_t.reshape(rows, dy.shape[-1]), precision=precision))
+  taps = [jnp.matmul(x_t, dy_t.reshape(rows, dy.shape[-1]), precision=precision)
+          for dy_t in dy_taps]
   return dx, jnp.stack(taps).reshape(w.shape)
 
 
@@ -459,18 +454,25 @@ def _small_out(x, w, padding, precision):
   return _small_out_fwd(x, w, padding, precision)[0]
 
 
-def _shifted(v, offsets, out):
-  """u[:, i] = v[:, i + offsets] on the spatial axes (zero outside v), i over the sizes `out`.
+def _shifted(v, offsets, out, stride=None):
+  """u[:, i] = v[:, i*s + offsets] on the spatial axes (zero outside v), i over the sizes `out`.
 
-  A slice and a pad per call: XLA fuses them into the consumer, nothing padded is materialised.
+  A (strided) slice and a pad per call: XLA fuses them into the consumer, nothing padded is
+  materialised. s is 1 per axis unless `stride` is given.
   """
   n = len(offsets)
+  stride = (1,) * n if stride is None else tuple(stride)
   sizes = v.shape[1:1 + n]
-  lo = [min(max(o, 0), s) for o, s in zip(offsets, sizes)]
-  hi = [max(min(o + m, s), l) for o, m, s, l in zip(offsets, out, sizes, lo)]
-  part = lax.slice(v, (0, *lo) + (0,) * (v.ndim - 1 - n), (v.shape[0], *hi) + v.shape[1 + n:])
-  before = [max(-o, 0) for o in offsets]
-  config = ([(0, 0, 0)] + [(b, m - b - (h - l), 0) for b, m, l, h in zip(before, out, lo, hi)]
+  # Outputs [first, last) read inside v: 0 <= o + i*s < size.
+  first = [min(max(-(o // s), 0), m) for o, s, m in zip(offsets, stride, out)]
+  last = [max(min(-(-(size - o) // s), m), f) for o, s, m, size, f in zip(
+      offsets, stride, out, sizes, first)]
+  start = [o + f * s if l > f else 0 for o, s, f, l in zip(offsets, stride, first, last)]
+  limit = [st + (l - f - 1) * s + 1 if l > f else 0 for st, s, f, l in zip(start, stride, first,
+                                                                          last)]
+  part = lax.slice(v, (0, *start) + (0,) * (v.ndim - 1 - n),
+                   (v.shape[0], *limit) + v.shape[1 + n:], (1, *stride) + (1,) * (v.ndim - 1 - n))
+  config = ([(0, 0, 0)] + [(f, m - l, 0) for f, l, m in zip(first, last, out)]
             + [(0, 0, 0)] * (v.ndim - 1 - n))
   return lax.pad(part, jnp.zeros((), v.dtype), config)
 

@@ -167,6 +167,26 @@ def test_stride1_correlation_paths_match_xla(dim, k, pads, c_in, c_out, ratio, m
     assert_close(got, want)
 
 
+def test_shifted_windows_match_numpy_indexing():
+  """polyphase._shifted (the tap windows of the transposed conv's weight gradient): u[:, i] =
+  v[:, i*s + o], zero where that falls outside v, for offsets on both sides, strides 1-3 and
+  windows that miss v entirely."""
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    n = int(rng.integers(1, 3))
+    sizes, offsets = rng.integers(1, 7, n), rng.integers(-8, 8, n)
+    strides, out = rng.integers(1, 4, n), rng.integers(0, 6, n)
+    v = rng.normal(size=(2, *sizes, 3)).astype(np.float32)
+    want = np.zeros((2, *out, 3), np.float32)
+    for i in itertools.product(*map(range, out)):
+      src = [o + j * s for o, j, s in zip(offsets, i, strides)]
+      if all(0 <= a < size for a, size in zip(src, sizes)):
+        want[(slice(None), *i)] = v[(slice(None), *src)]
+    got = polyphase._shifted(jnp.asarray(v), [int(o) for o in offsets], [int(m) for m in out],
+                             [int(s) for s in strides])
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
 def test_per_axis_tuples_match_torch():
   rng = np.random.default_rng(3)
   x = rng.standard_normal((BATCH, 6, 5, C_IN), np.float32)
