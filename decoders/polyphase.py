@@ -19,10 +19,11 @@ kernel G[q, r] = sum_t A[q, r, t] w[t] is a fixed 0/1 selection (A) of the weigh
 are already validated per-axis tuples (see `decoders.ops`).
 
 `correlate` is the convolution under every fast path: XLA's forward conv (im2col + a matmul for
-few input channels), with a weight gradient made of matmuls (see its docstring); `correlate_small_out` serves convs with few output channels
-(the image-out conv). All of them are exact (tests/test_ops.py, tests/test_upsample.py compare
-values and gradients with PyTorch and with XLA's own convs) and define VJPs, so they support
-reverse-mode autodiff and vmap but not forward mode (impl='reference' does).
+few input channels), with a weight gradient made of matmuls (see its docstring);
+`correlate_small_out` serves convs with few output channels (the image-out conv). All of them are
+exact (tests/test_ops.py, tests/test_upsample.py compare values and gradients with PyTorch and
+with XLA's own convs) and define VJPs, so they support reverse-mode autodiff and vmap but not
+forward mode (impl='reference' does).
 """
 from __future__ import annotations
 
@@ -360,7 +361,12 @@ IM2COL_MAX_C_IN = 4
 
 
 def _tap_slices(x, kernel, stride, padding, out):
-  """Per tap t (row-major over the kernel): x_padded[:, o*s + t], o over the output grid."""
+  """Per tap t (row-major over the kernel): x_padded[:, o*s + t], o over the output grid.
+
+  Slices of one padded copy, unlike the transposed conv's weight gradient, which takes its
+  windows unpadded (`_shifted` with a stride): here that measured ~5% slower for the sub-pixel
+  step (BENCHMARKS.md, "Unpadded tap windows").
+  """
   xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding]
                + [(0, 0, 0)])
   taps = []
