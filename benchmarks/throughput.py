@@ -23,8 +23,9 @@ dataset, block) runs in its own subprocess so thread pools never mix, and repeat
 configs so load drifts hit all of them alike. Results: median and min-max images/s, the ratio to
 torch.compile, compile / first-step time, and GFLOP/s on useful FLOPs (each layer's
 multiply-adds as the model defines it, no products with inserted zeros, x2 for FLOPs, forward +
-input gradient + weight gradient; see `useful_flops`) against the measured fp32 matmul peak.
-The full loop (`training.train_and_evaluate` on real MNIST: data, logging, checkpoints) is read
+input gradient + weight gradient; see `useful_flops`) against the measured fp32 matmul peak,
+and how many cores each framework kept busy over the timed steps (process CPU time / wall time:
+2.00 means both cores of this machine worked throughout). The full loop (`training.train_and_evaluate` on real MNIST: data, logging, checkpoints) is read
 from its workdir/train_summary.json. Prints a markdown table for BENCHMARKS.md.
 """
 from __future__ import annotations
@@ -151,13 +152,14 @@ def jax_worker(dataset, block, options, impl, steps, warmup, batch_splits=0):
   for i in range(warmup):
     state, _ = step(state, images, indices[i % 8])
   jax.block_until_ready(state)
-  t = time.perf_counter()
+  t, cpu = time.perf_counter(), time.process_time()
   for i in range(steps):
     state, metrics = step(state, images, indices[i % 8])
   jax.block_until_ready(state)
-  dt = time.perf_counter() - t
+  dt, cpu = time.perf_counter() - t, time.process_time() - cpu
   assert math.isfinite(float(metrics['loss']))
-  return dict(ips=BATCH * steps / dt, step_ms=1e3 * dt / steps, compile_s=compile_s,
+  return dict(ips=BATCH * steps / dt, step_ms=1e3 * dt / steps, cores_busy=cpu / dt,
+              compile_s=compile_s,
               first_s=first_s, xla_gflop=float(cost.get('flops', float('nan'))) / 1e9,
               splits=splits, devices=len(state['step'].sharding.device_set))  # where it ran
 
@@ -181,12 +183,13 @@ def torch_worker(dataset, block, options, mode, steps, warmup):
   first_s = time.perf_counter() - t
   for i in range(warmup):
     step(images, indices[i % 8])
-  t = time.perf_counter()
+  t, cpu = time.perf_counter(), time.process_time()
   for i in range(steps):
     loss = step(images, indices[i % 8])
   assert math.isfinite(float(loss.detach()))
-  dt = time.perf_counter() - t
-  return dict(ips=BATCH * steps / dt, step_ms=1e3 * dt / steps, first_s=first_s,
+  dt, cpu = time.perf_counter() - t, time.process_time() - cpu
+  return dict(ips=BATCH * steps / dt, step_ms=1e3 * dt / steps, cores_busy=cpu / dt,
+              first_s=first_s,
               threads=torch.get_num_threads())
 
 
@@ -405,7 +408,8 @@ def report(result: dict, args) -> str:
   lines += [f'JAX step with batch_splits as train.py resolves it here (auto): '
             f"{', '.join(map(str, auto)) or '-'}", '']
   head = ('| dataset | block | JAX img/s (min-max) | torch eager | torch.compile | JAX / compile'
-          ' | JAX GFLOP/s | % peak | JAX compile / first step s | compile first step s |')
+          ' | JAX GFLOP/s | % peak | JAX compile / first step s | compile first step s'
+          ' | cores busy, JAX / compile |')
   if args.baseline:
     head += ' baseline JAX img/s | speed-up |'
   if args.compare_malloc:
@@ -428,6 +432,8 @@ def report(result: dict, args) -> str:
       row.append(f'{comp[0]:.1f} / {first[0]:.1f}' if comp else '-')
       cf = _stats(get('torch:compile'), 'first_s')
       row.append(f'{cf[0]:.0f}' if cf else '-')
+      busy = [_stats(get(kind), 'cores_busy') for kind in ('jax', 'torch:compile')]
+      row.append(' / '.join(f'{b[0]:.2f}' if b else '-' for b in busy))
       versus = lambda kind: [fmt(b := _stats(get(kind))), f'{j[0] / b[0]:.2f}x' if j and b else '-']
       if args.baseline:
         row += versus('jax:baseline')
