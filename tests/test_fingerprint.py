@@ -31,11 +31,15 @@ def test_variants_cover_the_registry():
 
 @pytest.mark.parametrize('label', list(fingerprint.VARIANTS))
 def test_cropped_constant_response_is_exactly_periodic(label):
-  # The border rule is right iff what is left is the block's periodic interior, bit for bit.
+  # The border rule is right iff what is left is the block's periodic interior. Up to float
+  # rounding: on some hosts (an AVX2 EPYC) XLA:CPU's conv kernels sum a few rows near a tile
+  # edge in another order (differences <= 3e-7 of the peak there, bit for bit elsewhere); a
+  # border pixel left in differs by a sizeable fraction of the response.
   y = fingerprint.constant_response(_block(label), channels=16, size=16)
   assert y.shape[1] % 2 == 0 and y.shape[1] >= 24
-  np.testing.assert_array_equal(y[:, 2:], y[:, :-2])
-  np.testing.assert_array_equal(y[:, :, 2:], y[:, :, :-2])
+  atol = 2e-6 * float(np.abs(y).max())
+  np.testing.assert_allclose(y[:, 2:], y[:, :-2], rtol=0, atol=atol)
+  np.testing.assert_allclose(y[:, :, 2:], y[:, :, :-2], rtol=0, atol=atol)
 
 
 @pytest.mark.parametrize('seed', SEEDS)
