@@ -10,6 +10,7 @@ data mean fixes it.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -138,8 +139,14 @@ def parse_stages(upsample_spec: str, num_stages: int, options) -> list[tuple[str
   return [(name, dict(options.get(name, {}))) for name in names]
 
 
-def build_model(model_config, image_shape, *, train_mean: float, seed: int) -> AutoEncoder:
-  """The (V)AE described by `config.model`, for images of `image_shape` (H, W, C)."""
+def build_model(model_config, image_shape, *, train_mean: float, seed: int,
+                compiled: bool = True) -> AutoEncoder:
+  """The (V)AE described by `config.model`, for images of `image_shape` (H, W, C).
+
+  compiled: initialise the parameters in one compiled program (cached per architecture); False
+    builds the model op by op, as it must be inside a jit or other transform that compiles it
+    with the rest (`training.Run`'s init program). Both give the same parameters bit for bit.
+  """
   if model_config.kind not in KINDS:
     raise ValueError(f'model.kind must be one of {KINDS}, got {model_config.kind!r}')
   widths = tuple(model_config.widths)
@@ -150,6 +157,40 @@ def build_model(model_config, image_shape, *, train_mean: float, seed: int) -> A
   options = {k: dict(v) for k, v in model_config.upsample_options.items()}
   stages = parse_stages(model_config.upsample, len(widths), options)
   mean = min(max(train_mean, 1e-3), 1 - 1e-3)
-  return AutoEncoder(tuple(image_shape), kind=model_config.kind, widths=widths,
-                     latent_dim=model_config.latent_dim, stages=stages, impl=model_config.impl,
-                     output_bias=math.log(mean / (1 - mean)), rngs=nnx.Rngs(seed))
+  bias = math.log(mean / (1 - mean))
+  make = functools.partial(AutoEncoder, tuple(image_shape), kind=model_config.kind, widths=widths,
+                           latent_dim=model_config.latent_dim, stages=stages,
+                           impl=model_config.impl)
+  if not compiled:
+    return make(output_bias=bias, rngs=nnx.Rngs(seed))
+  graphdef, init = _initializer(repr(make), make)
+  return nnx.merge(graphdef, init(jax.random.key(seed), bias))
+
+
+def run_once_compiler_options(platform: str) -> dict:
+  """XLA options for programs that run once, such as parameter init.
+
+  On CPU they compile at LLVM optimisation level 1 instead of XLA's default 2. The init program
+  then compiles about 3x faster (the random draws' code is slow to optimise) and gives the same
+  parameters bit for bit (tests/test_training.py). Level 0 would change the last bit of some of
+  them.
+  """
+  return {'xla_backend_optimization_level': 1} if platform == 'cpu' else {}
+
+
+_INITIALIZERS: dict = {}
+
+
+def _initializer(key: str, make):
+  """One compiled program per architecture: (key, output_bias) -> the parameter state.
+
+  Built eagerly, each random draw of a new shape is its own compilation (~30 of them, 7 s on a
+  slow 2-core host); one program takes a third of that, and later calls reuse it.
+  """
+  if key not in _INITIALIZERS:
+    build = lambda key, bias: make(output_bias=bias, rngs=nnx.Rngs(key))
+    graphdef, _ = nnx.split(nnx.eval_shape(build, jax.random.key(0), 0.0))
+    init = jax.jit(lambda key, bias: nnx.split(build(key, bias))[1],
+                   compiler_options=run_once_compiler_options(jax.default_backend()))
+    _INITIALIZERS[key] = graphdef, init
+  return _INITIALIZERS[key]

@@ -249,7 +249,7 @@ class Run:
     train_mean = dataset.train_mean if dataset is not None else 0.5
     build = functools.partial(models.build_model, config.model,
                               data.IMAGE_SHAPES[config.dataset], train_mean=train_mean,
-                              seed=config.seed)
+                              seed=config.seed, compiled=False)
     try:
       self.graphdef, _ = nnx.split(nnx.eval_shape(build))  # shapes only: errors surface cheaply
     except ValueError as e:
@@ -258,9 +258,12 @@ class Run:
     self.mesh = Mesh(np.asarray(jax.devices()), ('data',))
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(self.mesh, P('data'))
-    # One compiled program initialises every parameter (eagerly it is ~30 small compilations).
+    # One compiled program initialises every parameter and the optimizer state, compiled for a
+    # program that runs once (`models.run_once_compiler_options`).
     self._init = jax.jit(lambda: init_state(nnx.split(build())[1], self.tx),
-                         out_shardings=self.replicated)
+                         out_shardings=self.replicated,
+                         compiler_options=models.run_once_compiler_options(
+                             self.mesh.devices.flat[0].platform))
 
   @functools.cached_property
   def initial_state(self):

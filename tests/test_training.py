@@ -183,6 +183,28 @@ def test_batch_splits_give_the_loss_and_gradients_of_one_batch(kind):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * float(np.abs(a).max()))
 
 
+@pytest.mark.parametrize('block,kind', [(b, 'ae') for b in sorted(upsample.UPSAMPLERS)]
+                         + [('tconv', 'vae')])
+def test_compiled_init_gives_the_parameters_of_op_by_op_init(block, kind, tmp_path):
+  """build_model's one init program (LLVM opt level 1 on CPU), its op-by-op construction and
+  training.Run's initial state hold the same parameters, bit for bit."""
+  from flax import nnx
+  from decoders import models
+  config = small_config(**{'model.kind': kind, 'model.upsample': block, 'seed': 3})
+  built = [nnx.state(models.build_model(config.model, (28, 28, 1), train_mean=0.13, seed=3,
+                                        compiled=compiled), nnx.Param)
+           for compiled in (True, False)]
+  dataset = types.SimpleNamespace(train_mean=0.13)
+  run = training.Run(config, str(tmp_path), dataset)
+  built.append(run.initial_state['params'])
+  leaves = [jax.tree.leaves(state) for state in built]
+  assert len(leaves[0]) >= 10 and all(len(l) == len(leaves[0]) for l in leaves)
+  assert np.std(np.asarray(leaves[0][1])) > 0  # random weights, not zeros
+  for other in leaves[1:]:
+    for a, b in zip(leaves[0], other):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_batch_splits_auto_and_explicit():
   cpu = jax.devices('cpu')[:1]
 
