@@ -163,6 +163,7 @@ def build_model(model_config, image_shape, *, train_mean: float, seed: int,
                            impl=model_config.impl)
   if not compiled:
     return make(output_bias=bias, rngs=nnx.Rngs(seed))
+  # The partial's repr names the architecture (shape, kind, widths, latent, stages, impl).
   graphdef, init = _initializer(repr(make), make)
   return nnx.merge(graphdef, init(jax.random.key(seed), bias))
 
@@ -171,9 +172,8 @@ def run_once_compiler_options(platform: str) -> dict:
   """XLA options for programs that run once, such as parameter init.
 
   On CPU they compile at LLVM optimisation level 1 instead of XLA's default 2. The init program
-  then compiles about 3x faster (the random draws' code is slow to optimise) and gives the same
-  parameters bit for bit (tests/test_training.py). Level 0 would change the last bit of some of
-  them.
+  then compiles 2-3x faster (BENCHMARKS.md, "Parameter init") and gives the same parameters bit
+  for bit (tests/test_training.py). Level 0 would change the last bit of some of them.
   """
   return {'xla_backend_optimization_level': 1} if platform == 'cpu' else {}
 
@@ -181,16 +181,17 @@ def run_once_compiler_options(platform: str) -> dict:
 _INITIALIZERS: dict = {}
 
 
-def _initializer(key: str, make):
-  """One compiled program per architecture: (key, output_bias) -> the parameter state.
+def _initializer(architecture: str, make):
+  """One compiled program per architecture: (random key, output_bias) -> the parameter state.
 
-  Built eagerly, each random draw of a new shape is its own compilation (~30 of them, 7 s on a
-  slow 2-core host); one program takes a third of that, and later calls reuse it.
+  Built op by op, each random draw of a new shape is its own compilation (2.9-6.5 s in all for
+  the configs' AEs on a slow 2-core host; one program: 1.0-2.2 s, BENCHMARKS.md, "Parameter
+  init"); later calls with the same architecture reuse the program.
   """
-  if key not in _INITIALIZERS:
-    build = lambda key, bias: make(output_bias=bias, rngs=nnx.Rngs(key))
+  if architecture not in _INITIALIZERS:
+    build = lambda rng, bias: make(output_bias=bias, rngs=nnx.Rngs(rng))
     graphdef, _ = nnx.split(nnx.eval_shape(build, jax.random.key(0), 0.0))
-    init = jax.jit(lambda key, bias: nnx.split(build(key, bias))[1],
+    init = jax.jit(lambda rng, bias: nnx.split(build(rng, bias))[1],
                    compiler_options=run_once_compiler_options(jax.default_backend()))
-    _INITIALIZERS[key] = graphdef, init
-  return _INITIALIZERS[key]
+    _INITIALIZERS[architecture] = graphdef, init
+  return _INITIALIZERS[architecture]

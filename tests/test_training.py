@@ -191,17 +191,18 @@ def test_compiled_init_gives_the_parameters_of_op_by_op_init(block, kind, tmp_pa
   from flax import nnx
   from decoders import models
   config = small_config(**{'model.kind': kind, 'model.upsample': block, 'seed': 3})
-  built = [nnx.state(models.build_model(config.model, (28, 28, 1), train_mean=0.13, seed=3,
-                                        compiled=compiled), nnx.Param)
+  built = [nnx.state(models.build_model(config.model, (28, 28, 1), train_mean=0.13,
+                                        seed=config.seed, compiled=compiled), nnx.Param)
            for compiled in (True, False)]
-  dataset = types.SimpleNamespace(train_mean=0.13)
-  run = training.Run(config, str(tmp_path), dataset)
+  run = training.Run(config, str(tmp_path), types.SimpleNamespace(train_mean=0.13))
   built.append(run.initial_state['params'])
-  leaves = [jax.tree.leaves(state) for state in built]
-  assert len(leaves[0]) >= 10 and all(len(l) == len(leaves[0]) for l in leaves)
-  assert np.std(np.asarray(leaves[0][1])) > 0  # random weights, not zeros
-  for other in leaves[1:]:
-    for a, b in zip(leaves[0], other):
+  named = [jax.tree_util.tree_leaves_with_path(state) for state in built]
+  paths = [[jax.tree_util.keystr(p) for p, _ in leaves] for leaves in named]
+  assert paths[1] == paths[0] and paths[2] == paths[0]
+  kernels = [np.asarray(l) for p, l in named[0] if 'kernel' in jax.tree_util.keystr(p)]
+  assert len(kernels) >= 5 and all(np.std(k) > 0 for k in kernels)  # random, not zeros
+  for leaves in named[1:]:
+    for (_, a), (_, b) in zip(named[0], leaves):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
