@@ -1,0 +1,101 @@
+"""Where the train step's first-step seconds go, by batch_splits: trace, lower, XLA compile, run.
+
+  python -m benchmarks.compile_breakdown [--datasets mnist,cifar10] [--blocks tconv_k4,...]
+                                         [--splits 1,4] [--repeat 3]
+
+Each measurement is a fresh process (nothing compiled yet; the benchmarks never turn the
+compilation cache on) building the step exactly as `benchmarks.throughput` does. The phases are
+JAX's own timers (`jax.monitoring` events): tracing the step to a jaxpr, lowering it to
+StableHLO, and XLA's backend compile (HLO passes, fusion, LLVM code generation); then the first
+call's run time. The compiled program's size is counted too: HLO instructions, fusions, convs
+and dots, which is what the backend compile scales with. Splits and configs interleave per repeat.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PHASES = {'trace': '/jax/core/compile/jaxpr_trace_duration',
+          'lower': '/jax/core/compile/jaxpr_to_mlir_module_duration',
+          'compile': '/jax/core/compile/backend_compile_duration'}
+COLUMNS = ('trace', 'lower', 'compile', 'run', 'total', 'instructions', 'fusions', 'convs', 'dots')
+
+
+def worker(dataset: str, block: str, splits: int) -> dict:
+  sys.path.insert(0, ROOT)
+  import jax
+  from jax import monitoring
+  from benchmarks import throughput
+  seconds = collections.defaultdict(float)
+  monitoring.register_event_duration_secs_listener(
+      lambda event, duration, **_: seconds.__setitem__(event, seconds[event] + duration))
+  name, options = throughput.BLOCKS[block]
+  step, state, images, indices, _ = throughput._jax_setup(dataset, name, options, 'auto', splits)
+  seconds.clear()  # only the step's own program from here on
+  t = time.perf_counter()
+  compiled = step.lower(state, images, indices[0]).compile()
+  t_run = time.perf_counter()
+  jax.block_until_ready(compiled(state, images, indices[0]))
+  end = time.perf_counter()
+  hlo = compiled.as_text()
+  body = [line for line in hlo.splitlines() if ' = ' in line]
+  return dict(**{phase: seconds[event] for phase, event in PHASES.items()},
+              run=end - t_run, total=end - t, instructions=len(body),
+              fusions=sum(' fusion(' in line for line in body),
+              convs=sum(' convolution(' in line for line in body),
+              dots=sum(' dot(' in line for line in body))
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('mode', nargs='?', default='bench', choices=('bench', 'worker'))
+  parser.add_argument('args', nargs='*', help='worker: DATASET BLOCK SPLITS')
+  parser.add_argument('--datasets', default='mnist,cifar10')
+  parser.add_argument('--blocks', default='tconv_k3,tconv_k4,resize_nearest,resize_bilinear')
+  parser.add_argument('--splits', default='1,4', help='batch_splits values (4 = auto on 1 CPU)')
+  parser.add_argument('--repeat', type=int, default=3)
+  args = parser.parse_args(argv)
+  if args.mode == 'worker':
+    dataset, block, splits = args.args
+    print(json.dumps(worker(dataset, block, int(splits))))
+    return
+  started = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR='')
+  configs = [(d, b, int(s)) for d in args.datasets.split(',') for b in args.blocks.split(',')
+             for s in args.splits.split(',')]
+  runs: dict[tuple, list[dict]] = collections.defaultdict(list)
+  for rep in range(args.repeat):
+    for config in configs:
+      out = subprocess.run([sys.executable, '-m', 'benchmarks.compile_breakdown', 'worker',
+                            *map(str, config)], cwd=ROOT, env=env, capture_output=True, text=True)
+      if out.returncode:
+        raise SystemExit(f'compile_breakdown: {config} failed: '
+                         f'{(out.stderr.strip().splitlines() or ["?"])[-1]}')
+      r = json.loads(out.stdout.strip().splitlines()[-1])
+      runs[config].append(r)
+      print(rep, *config, json.dumps(r), flush=True)
+  lines = [f'## {started}: `python -m benchmarks.compile_breakdown {" ".join(sys.argv[1:])}`',
+           '', f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores; seconds '
+           f'(median of {args.repeat}, fresh process each) and HLO counts of the compiled step',
+           '', '| dataset | block | splits | ' + ' | '.join(COLUMNS) + ' |',
+           '|---|---|---:|' + '---:|' * len(COLUMNS)]
+  for config in configs:
+    cells = []
+    for column in COLUMNS:
+      value = statistics.median(r[column] for r in runs[config])
+      cells.append(f'{value:.0f}' if column in COLUMNS[5:] else f'{value:.2f}')
+    lines.append('| ' + ' | '.join(map(str, config)) + ' | ' + ' | '.join(cells) + ' |')
+  print('\n' + '\n'.join(lines))
+
+
+if __name__ == '__main__':
+  main()
