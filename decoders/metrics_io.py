@@ -17,11 +17,31 @@ def write_json(path: str, record: dict) -> None:
   os.replace(tmp, path)
 
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported lazily and without PyTorch.
+
+  tensorboardX's writer tries `import torch` to accept torch tensors; with PyTorch installed that
+  costs seconds at every run's start (BENCHMARKS.md, "Start-up"). Only Python floats are logged
+  here, so unless the process already holds torch, the import runs with torch marked as absent
+  (`sys.modules['torch'] = None` makes `import torch` raise ImportError), and the mark is removed
+  again afterwards.
+  """
+  if 'torch' in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules['torch'] = None
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules['torch']
+  return SummaryWriter
+
+
 class MetricWriter:
   """One JSON line per write in workdir/metrics.jsonl, plus TensorBoard scalars."""
 
   def __init__(self, workdir: str):
-    from tensorboardX import SummaryWriter  # imported lazily: it is slow to import
+    SummaryWriter = _summary_writer_class()
     self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
     self._tb = SummaryWriter(workdir)
 
