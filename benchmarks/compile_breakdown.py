@@ -1,7 +1,10 @@
 """Where the train step's first-step seconds go, by batch_splits: trace, lower, XLA compile, run.
 
   python -m benchmarks.compile_breakdown [--datasets mnist,cifar10] [--blocks tconv_k4,...]
-                                         [--splits 1,4] [--repeat 3]
+                                         [--splits 1,4] [--repeat 3] [--baseline DIR]
+
+--baseline DIR also measures another checkout's step (DIR holds its decoders/ and configs/; this
+checkout's benchmark code drives both), interleaved with this one's: before/after a change.
 
 Each measurement is a fresh process (nothing compiled yet; the benchmarks never turn the
 compilation cache on) building the step exactly as `benchmarks.throughput` does. The phases are
@@ -17,11 +20,12 @@ import collections
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
+
+from benchmarks import throughput
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHASES = {'trace': '/jax/core/compile/jaxpr_trace_duration',
@@ -30,11 +34,10 @@ PHASES = {'trace': '/jax/core/compile/jaxpr_trace_duration',
 COLUMNS = ('trace', 'lower', 'compile', 'run', 'total', 'instructions', 'fusions', 'convs', 'dots')
 
 
-def worker(dataset: str, block: str, splits: int) -> dict:
-  sys.path.insert(0, ROOT)
+def worker(dataset: str, block: str, splits: int, root: str = ROOT) -> dict:
+  sys.path.insert(0, root)  # decoders/ and configs/ of the checkout under test
   import jax
   from jax import monitoring
-  from benchmarks import throughput
   seconds = collections.defaultdict(float)
   monitoring.register_event_duration_secs_listener(
       lambda event, duration, **_: seconds.__setitem__(event, seconds[event] + duration))
@@ -58,25 +61,32 @@ def worker(dataset: str, block: str, splits: int) -> dict:
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('mode', nargs='?', default='bench', choices=('bench', 'worker'))
-  parser.add_argument('args', nargs='*', help='worker: DATASET BLOCK SPLITS')
+  parser.add_argument('args', nargs='*', help='worker: DATASET BLOCK SPLITS [ROOT]')
   parser.add_argument('--datasets', default='mnist,cifar10')
   parser.add_argument('--blocks', default='tconv_k3,tconv_k4,resize_nearest,resize_bilinear')
   parser.add_argument('--splits', default='1,4', help='batch_splits values (4 = auto on 1 CPU)')
   parser.add_argument('--repeat', type=int, default=3)
+  parser.add_argument('--baseline', default='', help='another checkout to measure alongside')
   args = parser.parse_args(argv)
   if args.mode == 'worker':
-    dataset, block, splits = args.args
-    print(json.dumps(worker(dataset, block, int(splits))))
+    dataset, block, splits, *root = args.args
+    print(json.dumps(worker(dataset, block, int(splits), *root)))
     return
+  if args.baseline and not os.path.isdir(os.path.join(args.baseline, 'decoders')):
+    raise SystemExit(f'compile_breakdown: --baseline {args.baseline!r} holds no decoders/')
   started = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR='')
-  configs = [(d, b, int(s)) for d in args.datasets.split(',') for b in args.blocks.split(',')
-             for s in args.splits.split(',')]
+  roots = {'this checkout': ROOT, **({'baseline': os.path.abspath(args.baseline)}
+                                     if args.baseline else {})}
+  configs = [(d, b, int(s), code) for d in args.datasets.split(',')
+             for b in args.blocks.split(',') for s in args.splits.split(',') for code in roots]
   runs: dict[tuple, list[dict]] = collections.defaultdict(list)
   for rep in range(args.repeat):
     for config in configs:
+      dataset, block, splits, code = config
       out = subprocess.run([sys.executable, '-m', 'benchmarks.compile_breakdown', 'worker',
-                            *map(str, config)], cwd=ROOT, env=env, capture_output=True, text=True)
+                            dataset, block, str(splits), roots[code]], cwd=ROOT, env=env,
+                           capture_output=True, text=True)
       if out.returncode:
         raise SystemExit(f'compile_breakdown: {config} failed: '
                          f'{(out.stderr.strip().splitlines() or ["?"])[-1]}')
@@ -84,10 +94,10 @@ def main(argv=None):
       runs[config].append(r)
       print(rep, *config, json.dumps(r), flush=True)
   lines = [f'## {started}: `python -m benchmarks.compile_breakdown {" ".join(sys.argv[1:])}`',
-           '', f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores; seconds '
+           '', f'{throughput.cpu_name()}, {os.cpu_count()} cores; seconds '
            f'(median of {args.repeat}, fresh process each) and HLO counts of the compiled step',
-           '', '| dataset | block | splits | ' + ' | '.join(COLUMNS) + ' |',
-           '|---|---|---:|' + '---:|' * len(COLUMNS)]
+           '', '| dataset | block | splits | code | ' + ' | '.join(COLUMNS) + ' |',
+           '|---|---|---:|---|' + '---:|' * len(COLUMNS)]
   for config in configs:
     cells = []
     for column in COLUMNS:

@@ -1,4 +1,7 @@
-"""benchmarks/: paired.py's --set parsing and layers.py's layer list (timings are not tests)."""
+"""benchmarks/: paired.py's --set parsing, layers.py's layer list, compile_breakdown's checks.
+
+Timings are not tests.
+"""
 import pytest
 
 from benchmarks import paired
@@ -45,3 +48,10 @@ def test_scaling_worker_shards_the_step_over_two_virtual_cpu_devices():
   r = scaling.spawn(kind, 'mnist', 'tconv_k3', env, pinned, steps=1, warmup=0)
   assert 'err' not in r, r.get('err')
   assert r['devices'] == 2 and r['splits'] == 1 and r['ips'] > 0
+
+
+def test_compile_breakdown_refuses_a_baseline_without_decoders(tmp_path):
+  from benchmarks import compile_breakdown
+  with pytest.raises(SystemExit, match='holds no decoders/') as info:
+    compile_breakdown.main(['--baseline', str(tmp_path), '--repeat', '1'])
+  assert '\n' not in str(info.value)

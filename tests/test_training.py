@@ -6,6 +6,7 @@ import sys
 import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -181,6 +182,24 @@ def test_batch_splits_give_the_loss_and_gradients_of_one_batch(kind):
   np.testing.assert_allclose([loss4, mse4], [loss1, mse1], rtol=1e-6)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g4)):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * float(np.abs(a).max()))
+
+
+def test_batch_parts_are_traced_once(monkeypatch):
+  """The 4 parts of a split batch share one trace of the model (the step's tracing time)."""
+  from flax import nnx
+  from decoders import models
+  config = small_config()
+  model = models.build_model(config.model, (28, 28, 1), train_mean=0.13, seed=0)
+  graphdef, params = nnx.split(model)
+  calls = []
+  forward = models.AutoEncoder.__call__
+  monkeypatch.setattr(models.AutoEncoder, '__call__',
+                      lambda self, x, noise=None: calls.append(x.shape) or forward(self, x, noise))
+  batch = jnp.zeros((4 * 7, 28, 28, 1))  # parts of 7: a shape no other test traces
+  grad = jax.value_and_grad(training.loss_fn, has_aux=True)
+  jax.jit(grad, static_argnames=('likelihood_std', 'splits'), static_argnums=1).lower(
+      params, graphdef, batch, jax.random.key(0), likelihood_std=0.1, splits=4)
+  assert calls == [(7, 28, 28, 1)]
 
 
 @pytest.mark.parametrize('block,kind', [(b, 'ae') for b in sorted(upsample.UPSAMPLERS)]
