@@ -7,7 +7,9 @@
 checkout's benchmark code drives both), interleaved with this one's: before/after a change.
 
 Each measurement is a fresh process (nothing compiled yet; the benchmarks never turn the
-compilation cache on) building the step exactly as `benchmarks.throughput` does. The phases are
+compilation cache on) building the step exactly as `benchmarks.throughput` does, glibc malloc
+tuned as `train.py` tunes it (one arena: it costs the compile 0.5-1 s on 2 cores, BENCHMARKS.md,
+"glibc malloc and the compile"). The phases are
 JAX's own timers (`jax.monitoring` events): tracing the step to a jaxpr, lowering it to
 StableHLO, and XLA's backend compile (HLO passes, fusion, LLVM code generation); then the first
 call's run time. The compiled program's size is counted too: HLO instructions, fusions, convs
@@ -35,6 +37,7 @@ COLUMNS = ('trace', 'lower', 'compile', 'run', 'total', 'instructions', 'fusions
 
 
 def worker(dataset: str, block: str, splits: int, root: str = ROOT) -> dict:
+  throughput.tune_malloc()  # as train.py and the throughput workers run (it slows the compile)
   sys.path.insert(0, root)  # decoders/ and configs/ of the checkout under test
   import jax
   from jax import monitoring

@@ -413,7 +413,7 @@ def report(result: dict, args) -> str:
   if args.baseline:
     head += ' baseline JAX img/s | speed-up |'
   if args.compare_malloc:
-    head += ' JAX, glibc malloc defaults |'
+    head += ' JAX, glibc malloc defaults | its compile s |'
   for k in args.compare_splits:
     head += f' JAX, batch_splits={k} | auto / {k} |'
   lines += [head, '|' + '---|' * (head.count('|') - 1)]
@@ -438,7 +438,8 @@ def report(result: dict, args) -> str:
       if args.baseline:
         row += versus('jax:baseline')
       if args.compare_malloc:
-        row.append(fmt(_stats(get('jax:default-malloc'))))
+        comp_d = _stats(get('jax:default-malloc'), 'compile_s')
+        row += [fmt(_stats(get('jax:default-malloc'))), f'{comp_d[0]:.1f}' if comp_d else '-']
       for k in args.compare_splits:
         row += versus(f'jax:splits={k}')
       lines.append('| ' + ' | '.join(row) + ' |')

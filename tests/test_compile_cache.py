@@ -24,6 +24,9 @@ def test_warm_cache_loads_programs_and_changes_nothing(tmp_path):
   """With the variable unset train.py fills the default folder; a second run loads from it."""
   env = {k: v for k, v in ENV.items() if k != compile_cache.ENV}
   env['XDG_CACHE_HOME'] = str(tmp_path / 'xdg')
+  # Every program cached, not only those compiled in over 1 s (JAX's default): with the default a
+  # program near 1 s could be written in one run and not the other, depending on load.
+  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   cache = tmp_path / 'xdg' / 'decoders' / 'jax'
   runs = []
   for name in ('cold', 'warm'):
