@@ -561,7 +561,7 @@ FLAG_CANDIDATES = (
 
 
 def compare_flags(args) -> str:
-  """JAX step images/s under each candidate XLA_FLAGS (interleaved subprocesses)."""
+  """JAX step images/s and compile seconds under each candidate XLA_FLAGS (interleaved)."""
   candidates = args.flag_candidates.split('|') if args.flag_candidates else FLAG_CANDIDATES
   runs: dict[tuple[str, str], list[dict]] = {}
   for rep in range(args.repeat):
@@ -582,7 +582,9 @@ def compare_flags(args) -> str:
       for name in args.blocks:
         st = _stats(runs[(f'{dataset} {name}', flags)])
         base = _stats(runs[(f'{dataset} {name}', candidates[0])])  # ratios to the first
-        cells.append(f'{st[0]:.0f} ({st[0] / base[0]:.2f}x)' if st and base else 'failed')
+        comp = _stats(runs[(f'{dataset} {name}', flags)], 'compile_s')
+        cells.append(f'{st[0]:.0f} ({st[0] / base[0]:.2f}x), compile {comp[0]:.1f} s'
+                     if st and base else 'failed')
     lines.append(f"| `{flags or '(none)'}` | " + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
