@@ -12,6 +12,7 @@
                                                   # the JAX step under candidate XLA_FLAGS
   python -m benchmarks.throughput profile --datasets mnist --blocks tconv_k3 [--baseline DIR]
                                                   # per-HLO-op time (jax.profiler), by class
+                                                  # (--batch_splits 1: each op alone)
   python -m benchmarks.throughput threads         # single ops of the step on 2 cores vs pinned
                                                   # to 1: which ones XLA:CPU multithreads
   python -m benchmarks.throughput --frameworks jax --compare_splits 1,2,8 --loop_steps 0
@@ -322,7 +323,8 @@ def run_worker(args) -> dict:
     return loop_worker(args.steps, args.data_dir)
   block, options = BLOCKS[args.block]
   if args.kind == 'profile':
-    return profile_worker(args.dataset, block, options, args.impl, top=args.top)
+    return profile_worker(args.dataset, block, options, args.impl, top=args.top,
+                          batch_splits=args.batch_splits)
   if args.kind in ('jax', 'jax:baseline', 'jax:default-malloc') or args.kind.startswith(
       'jax:splits='):
     splits = int(args.kind.split('=')[1]) if '=' in args.kind else 0  # 0: the config's (auto)
@@ -480,14 +482,19 @@ def _op_kind(name: str, text: str) -> str:
   return f"{kind}, {'backward' if backward else 'forward'}"
 
 
-def profile_worker(dataset, block, options, impl, steps=10, top=12):
-  """Per-HLO-op time of the JAX step from jax.profiler (one trace, `steps` steps)."""
+def profile_worker(dataset, block, options, impl, steps=10, top=12, batch_splits=0):
+  """Per-HLO-op time of the JAX step from jax.profiler (one trace, `steps` steps).
+
+  batch_splits 0 is the config's (auto: 4 on one CPU device). With several parts running at once
+  each op's time includes waiting for the other core, so `--batch_splits 1` shows what each op
+  costs on its own (BENCHMARKS.md: a tap slice reads 1.5-2 ms with 4 parts, 0.33 ms alone).
+  """
   import collections
   import glob
   import re
   import jax
   from jax._src.lib import _profile_data  # the trace reader jax ships (no TensorBoard needed)
-  step, state, images, indices, splits = _jax_setup(dataset, block, options, impl)
+  step, state, images, indices, splits = _jax_setup(dataset, block, options, impl, batch_splits)
   text = step.lower(state, images, indices[0]).compile().as_text()
   info = {}
   for line in text.splitlines():
@@ -531,7 +538,8 @@ def profile(args) -> str:
     for name in args.blocks:
       for label, root in roots:
         argv = ['profile', '--dataset', dataset, '--block', name, '--impl', args.impl,
-                '--malloc', args.malloc, '--top', str(args.top)]
+                '--malloc', args.malloc, '--top', str(args.top),
+                '--batch_splits', str(args.batch_splits)]
         r = _spawn(argv, root, 600)
         if 'err' in r:
           lines.append(f'{dataset} {name} ({label}): FAILED {r["err"]}')
@@ -664,6 +672,9 @@ def main(argv=None):
   parser.add_argument('--flag_candidates', default='',
                       help="flags mode: '|'-separated XLA_FLAGS values (default: FLAG_CANDIDATES)")
   parser.add_argument('--top', type=int, default=12, help='profile: slowest HLO ops listed')
+  parser.add_argument('--batch_splits', type=int, default=0,
+                      help='profile: batch parts of the step (0: the config\'s, auto; 1 shows '
+                      'per-op costs without the other parts contending)')
   parser.add_argument('--json', default='', help='also write the raw runs here')
   parser.add_argument('--root', default=REPO, help=argparse.SUPPRESS)
   parser.add_argument('--dataset', help=argparse.SUPPRESS)

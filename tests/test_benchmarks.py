@@ -1,4 +1,5 @@
-"""benchmarks/: paired.py's --set parsing, layers.py's layer list, compile_breakdown's checks.
+"""benchmarks/: paired.py's --set parsing, layers.py's layer list, compile_breakdown's checks,
+throughput.py's profile worker.
 
 Timings are not tests.
 """
@@ -55,3 +56,12 @@ def test_compile_breakdown_refuses_a_baseline_without_decoders(tmp_path):
   with pytest.raises(SystemExit, match='holds no decoders/') as info:
     compile_breakdown.main(['--baseline', str(tmp_path), '--repeat', '1'])
   assert '\n' not in str(info.value)
+
+
+def test_profile_worker_runs_the_step_with_the_batch_splits_asked_for():
+  from benchmarks import throughput
+  name, options = throughput.BLOCKS['tconv_k3']
+  r = throughput.profile_worker('mnist', name, options, 'auto', steps=1, top=3, batch_splits=1)
+  assert r['splits'] == 1 and len(r['top']) == 3
+  assert r['op_ms'] > 0 and sum(r['kinds'].values()) == pytest.approx(r['op_ms'], rel=0.01)
+  assert any(kind.startswith('conv') or kind.startswith('matmul') for kind in r['kinds'])
