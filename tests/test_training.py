@@ -282,7 +282,30 @@ def test_bad_invocation_is_one_line(name, tmp_path):
 def test_missing_config_file_is_one_line(tmp_path):
   out = run_train('--config=configs/nope.py', f'--workdir={tmp_path}')
   assert out.returncode == 2 and 'Traceback' not in out.stderr
-  assert len(out.stderr.strip().splitlines()) == 1
+  assert out.stderr.strip() == 'train.py: error: --config file not found: configs/nope.py'
+
+
+@pytest.mark.parametrize('flag,message', [
+    ('--config.model.upsampel=tconv', 'unknown config key \'upsampel\'; did you mean "upsample"?'),
+    ('--config.batchsize=3', 'unknown config key \'batchsize\'; did you mean "batch_size"?'),
+])
+def test_typo_in_a_config_key_names_the_key_and_the_suggestion(tmp_path, flag, message):
+  out = run_train('--config=configs/mnist.py', f'--workdir={tmp_path / "w"}', flag)
+  assert out.returncode == 2 and out.stderr.strip() == f'train.py: error: {message}'
+
+
+def test_a_config_file_that_raises_is_one_line_naming_the_error_and_line(tmp_path):
+  broken = tmp_path / 'broken.py'
+  broken.write_text('def get_config():\n  return 1 / 0\n')
+  out = run_train(f'--config={broken}', f'--workdir={tmp_path / "w"}')
+  assert out.returncode == 2 and 'Traceback' not in out.stderr
+  assert out.stderr.strip() == ('train.py: error: ZeroDivisionError: division by zero '
+                                '(broken.py, line 2)')
+  out = run_train('--config=configs/mnist.py:extra', f'--workdir={tmp_path / "w"}')
+  assert out.returncode == 2 and 'Traceback' not in out.stderr
+  assert out.stderr.strip().endswith('TypeError: get_config() takes 0 positional arguments but 1 '
+                                     'was given'), out.stderr
+  assert not (tmp_path / 'w').exists()
 
 
 def test_different_config_in_workdir_is_refused_and_kept(tmp_path):
