@@ -1,10 +1,17 @@
 """Where the train step's first-step seconds go, by batch_splits: trace, lower, XLA compile, run.
 
   python -m benchmarks.compile_breakdown [--datasets mnist,cifar10] [--blocks tconv_k4,...]
-                                         [--splits 1,4] [--repeat 3] [--baseline DIR]
+                                         [--splits 1,4] [--repeat 3] [--baseline DIR] [--phases]
 
 --baseline DIR also measures another checkout's step (DIR holds its decoders/ and configs/; this
 checkout's benchmark code drives both), interleaved with this one's: before/after a change.
+
+--phases also splits XLA's backend compile by its own trace events (`jax.profiler` around the
+compile; the trace adds a little to the compile seconds, so the phase columns come from the same
+process but are not for comparing with runs without it): HLO passes, emitting the thunks and
+their fusion kernels (MLIR, on XLA's codegen threads), collecting the kernels, and LLVM code
+generation; plus how many fusion kernels were compiled. XLA compiles each distinct fused
+computation once, so the batch parts' identical copies cost no extra kernels.
 
 Each measurement is a fresh process (nothing compiled yet; the benchmarks never turn the
 compilation cache on) building the step exactly as `benchmarks.throughput` does, glibc malloc
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import glob
 import json
 import os
 import statistics
@@ -34,9 +42,35 @@ PHASES = {'trace': '/jax/core/compile/jaxpr_trace_duration',
           'lower': '/jax/core/compile/jaxpr_to_mlir_module_duration',
           'compile': '/jax/core/compile/backend_compile_duration'}
 COLUMNS = ('trace', 'lower', 'compile', 'run', 'total', 'instructions', 'fusions', 'convs', 'dots')
+# XLA:CPU's trace events of the backend compile (names as XLA 0.10's TraceMe annotations give them).
+PHASE_EVENTS = {'hlo passes': 'HLO passes', 'emit': 'ThunkEmitter::EmitEntryComputation',
+                'collect': 'ThunkEmitter::ConsumeKernels', 'llvm': 'JitCompiler::Compile'}
+PHASE_COLUMNS = tuple(PHASE_EVENTS) + ('kernels',)
 
 
-def worker(dataset: str, block: str, splits: int, root: str = ROOT) -> dict:
+def _compile_phases(trace) -> dict:
+  """Seconds per PHASE_EVENTS phase (summed over its events) and the fusion kernels compiled.
+
+  The phases run on the compile's own thread (PjRtCompilerThreadPool); the two top-level HLO
+  pipelines are the events 'HLO passes ... (<module name>)'. The kernels are compiled on XLA's
+  codegen threads, one FusionCompiler::Compile event each.
+  """
+  out = dict.fromkeys(PHASE_COLUMNS, 0.0)
+  for plane in trace.planes:
+    for line in plane.lines:
+      for event in line.events:
+        if event.name == 'FusionCompiler::Compile':
+          out['kernels'] += 1
+        if 'PjRtCompiler' not in line.name:
+          continue
+        for column, name in PHASE_EVENTS.items():
+          top_level = column != 'hlo passes' or event.name.endswith(')')
+          if event.name.startswith(name) and top_level:
+            out[column] += event.duration_ns / 1e9
+  return out
+
+
+def worker(dataset: str, block: str, splits: int, root: str = ROOT, phases: bool = False) -> dict:
   throughput.tune_malloc()  # as train.py and the throughput workers run (it slows the compile)
   sys.path.insert(0, root)  # decoders/ and configs/ of the checkout under test
   import jax
@@ -48,7 +82,18 @@ def worker(dataset: str, block: str, splits: int, root: str = ROOT) -> dict:
   step, state, images, indices, _ = throughput._jax_setup(dataset, name, options, 'auto', splits)
   seconds.clear()  # only the step's own program from here on
   t = time.perf_counter()
-  compiled = step.lower(state, images, indices[0]).compile()
+  lowered = step.lower(state, images, indices[0])
+  if phases:
+    import tempfile
+    from jax._src.lib import _profile_data  # the trace reader jax ships (no TensorBoard needed)
+    with tempfile.TemporaryDirectory() as trace_dir:
+      jax.profiler.start_trace(trace_dir)
+      compiled = lowered.compile()
+      jax.profiler.stop_trace()
+      path = glob.glob(os.path.join(trace_dir, '**', '*.xplane.pb'), recursive=True)[0]
+      phase_seconds = _compile_phases(_profile_data.ProfileData.from_file(path))
+  else:
+    compiled = lowered.compile()
   t_run = time.perf_counter()
   jax.block_until_ready(compiled(state, images, indices[0]))
   end = time.perf_counter()
@@ -58,7 +103,7 @@ def worker(dataset: str, block: str, splits: int, root: str = ROOT) -> dict:
               run=end - t_run, total=end - t, instructions=len(body),
               fusions=sum(' fusion(' in line for line in body),
               convs=sum(' convolution(' in line for line in body),
-              dots=sum(' dot(' in line for line in body))
+              dots=sum(' dot(' in line for line in body), **(phase_seconds if phases else {}))
 
 
 def main(argv=None):
@@ -70,10 +115,12 @@ def main(argv=None):
   parser.add_argument('--splits', default='1,4', help='batch_splits values (4 = auto on 1 CPU)')
   parser.add_argument('--repeat', type=int, default=3)
   parser.add_argument('--baseline', default='', help='another checkout to measure alongside')
+  parser.add_argument('--phases', action='store_true',
+                      help="also split XLA's compile into its phases (from its trace events)")
   args = parser.parse_args(argv)
   if args.mode == 'worker':
     dataset, block, splits, *root = args.args
-    print(json.dumps(worker(dataset, block, int(splits), *root)))
+    print(json.dumps(worker(dataset, block, int(splits), *root, phases=args.phases)))
     return
   if args.baseline and not os.path.isdir(os.path.join(args.baseline, 'decoders')):
     raise SystemExit(f'compile_breakdown: --baseline {args.baseline!r} holds no decoders/')
@@ -88,7 +135,8 @@ def main(argv=None):
     for config in configs:
       dataset, block, splits, code = config
       out = subprocess.run([sys.executable, '-m', 'benchmarks.compile_breakdown', 'worker',
-                            dataset, block, str(splits), roots[code]], cwd=ROOT, env=env,
+                            dataset, block, str(splits), roots[code]]
+                           + (['--phases'] if args.phases else []), cwd=ROOT, env=env,
                            capture_output=True, text=True)
       if out.returncode:
         raise SystemExit(f'compile_breakdown: {config} failed: '
@@ -96,16 +144,19 @@ def main(argv=None):
       r = json.loads(out.stdout.strip().splitlines()[-1])
       runs[config].append(r)
       print(rep, *config, json.dumps(r), flush=True)
+  columns = COLUMNS + (PHASE_COLUMNS if args.phases else ())
+  counts = COLUMNS[5:] + ('kernels',)
   lines = [f'## {started}: `python -m benchmarks.compile_breakdown {" ".join(sys.argv[1:])}`',
            '', f'{throughput.cpu_name()}, {os.cpu_count()} cores; seconds '
-           f'(median of {args.repeat}, fresh process each) and HLO counts of the compiled step',
-           '', '| dataset | block | splits | code | ' + ' | '.join(COLUMNS) + ' |',
-           '|---|---|---:|---|' + '---:|' * len(COLUMNS)]
+           f'(median of {args.repeat}, fresh process each) and HLO counts of the compiled step'
+           + ('; with --phases the compile ran under the profiler' if args.phases else ''),
+           '', '| dataset | block | splits | code | ' + ' | '.join(columns) + ' |',
+           '|---|---|---:|---|' + '---:|' * len(columns)]
   for config in configs:
     cells = []
-    for column in COLUMNS:
+    for column in columns:
       value = statistics.median(r[column] for r in runs[config])
-      cells.append(f'{value:.0f}' if column in COLUMNS[5:] else f'{value:.2f}')
+      cells.append(f'{value:.0f}' if column in counts else f'{value:.2f}')
     lines.append('| ' + ' | '.join(map(str, config)) + ' | ' + ' | '.join(cells) + ' |')
   print('\n' + '\n'.join(lines))
 

@@ -65,3 +65,21 @@ def test_profile_worker_runs_the_step_with_the_batch_splits_asked_for():
   assert r['splits'] == 1 and len(r['top']) == 3
   assert r['op_ms'] > 0 and sum(r['kinds'].values()) == pytest.approx(r['op_ms'], rel=0.01)
   assert any(kind.startswith('conv') or kind.startswith('matmul') for kind in r['kinds'])
+
+
+def test_compile_phases_sum_the_compile_threads_top_level_events_and_count_kernels():
+  from types import SimpleNamespace as NS
+  from benchmarks import compile_breakdown
+  ms = lambda name, t: NS(name=name, duration_ns=int(t * 1e6))
+  compiler = NS(name='tf_PjRtCompilerThreadPool/1', events=[
+      ms('HLO passes through layout assignment (jit_train_step)', 100),
+      ms('HLO passes after layout assignment (jit_train_step)', 50),
+      ms('HLO passes nested pipeline', 999),  # not top level: not counted
+      ms('ThunkEmitter::EmitEntryComputation', 600), ms('ThunkEmitter::ConsumeKernels', 300),
+      ms('JitCompiler::Compile', 1400)])
+  codegen = NS(name='tf_xla-cpu-codegen/2', events=[
+      ms('FusionCompiler::Compile', 10), ms('FusionCompiler::Compile', 12),
+      ms('JitCompiler::Compile', 5000)])  # another thread's event of that name: not counted
+  phases = compile_breakdown._compile_phases(NS(planes=[NS(lines=[compiler, codegen])]))
+  assert phases == pytest.approx({'hlo passes': 0.15, 'emit': 0.6, 'collect': 0.3, 'llvm': 1.4,
+                                  'kernels': 2})
