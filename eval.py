@@ -53,15 +53,16 @@ def evaluate_run(workdir: str, split: str, num_samples, datasets: dict) -> dict:
   if num_samples is None:
     num_samples = s['num_images'] if s['kind'] == 'vae' else 0
   kwargs = dict(batch_size=s['batch_size'], stride=s['stride'])
-  metrics = evaluation.evaluate(model, images, likelihood_std=s['likelihood_std'],
-                                num_samples=num_samples, sample_seed=s['seed'], **kwargs)
+  metrics, recon = evaluation.evaluate_with_reconstructions(
+      model, images, likelihood_std=s['likelihood_std'], num_samples=num_samples,
+      sample_seed=s['seed'], **kwargs)
   record = evaluation.build_record(config, model, metrics, step=step, split=split,
                                    workdir=workdir)
   evaluation.write_eval_json(os.path.join(workdir, 'eval.json'), record)
   title = f'{os.path.basename(os.path.normpath(workdir))}: {s["upsample"]}, step {step}'
   evaluation.save_figures(model, images, metrics, os.path.join(workdir, 'figures'),
                           num_images=s['num_images'], title=title, sample_seed=s['seed'],
-                          **kwargs)
+                          reconstructions=recon, **kwargs)
   return record
 
 

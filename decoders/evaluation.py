@@ -140,6 +140,19 @@ def evaluate(model, images: jax.Array, *, batch_size: int, stride: int, likeliho
              num_samples: int = 0, sample_seed: int = 0) -> dict[str, float]:
   """Every metric of `model` on a whole split, as plain floats (see the module docstring).
 
+  `evaluate_with_reconstructions` takes the same arguments and also returns the reconstructions,
+  which `save_figures` can then reuse instead of running the model over the split again.
+  """
+  return evaluate_with_reconstructions(
+      model, images, batch_size=batch_size, stride=stride, likelihood_std=likelihood_std,
+      num_samples=num_samples, sample_seed=sample_seed)[0]
+
+
+def evaluate_with_reconstructions(model, images: jax.Array, *, batch_size: int, stride: int,
+                                  likelihood_std: float, num_samples: int = 0,
+                                  sample_seed: int = 0) -> tuple[dict[str, float], jax.Array]:
+  """(`evaluate`'s metrics, the reconstructions (n, H, W, C) float32 in [0, 1]) of one split.
+
   The VAE reconstructs from its posterior mean (no noise), and its `elbo` is evaluated at that
   decode: log p(x | z = mean) - KL. That makes it deterministic and independent of the batch
   size, but it is a plug-in value, not the one-sample Monte Carlo ELBO the training loss
@@ -177,7 +190,7 @@ def evaluate(model, images: jax.Array, *, batch_size: int, stride: int, likeliho
         metrics[SAMPLE_PREFIX + _db_name(name)] = float(
             spectral.relative_db(score, data_scores[name]))
       metrics[SAMPLE_SPECTRAL_ERROR] = float(_spectral_error(samples, real))
-  return metrics
+  return metrics, recon
 
 
 def reconstructions(model, images: jax.Array, *, batch_size: int, num: int,
@@ -288,12 +301,14 @@ def _fig_radial(recon, real, title: str, out_dir: str) -> str:
 
 def save_figures(model, images: jax.Array, metrics: dict[str, float], out_dir: str, *,
                  batch_size: int, stride: int, num_images: int, title: str,
-                 sample_seed: int = 0) -> list[str]:
+                 sample_seed: int = 0, reconstructions: jax.Array | None = None) -> list[str]:
   """Writes spectra.png, radial.png, reconstructions.png (and samples.png for a vae).
 
   Args:
     model, images: as for `evaluate`; the spectra use the whole split.
     metrics: `evaluate`'s result for them, quoted in the titles.
+    reconstructions: the model's reconstructions of `images`, as `evaluate_with_reconstructions`
+      returns them, or None to compute them here (one more pass over the split).
     out_dir: created if missing.
     batch_size: eval batch.
     stride: the spectral stride; its aliasing frequencies are circled on the spectra.
@@ -304,7 +319,12 @@ def save_figures(model, images: jax.Array, metrics: dict[str, float], out_dir: s
     The paths written.
   """
   os.makedirs(out_dir, exist_ok=True)
-  recon, _ = _run(model, images, batch_size, likelihood_std=1.0)
+  if reconstructions is None:  # likelihood_std only enters the ELBO, not the reconstructions
+    reconstructions, _ = _run(model, images, batch_size, likelihood_std=1.0)
+  elif reconstructions.shape != images.shape:
+    raise ValueError(f'reconstructions of shape {reconstructions.shape} do not match the '
+                     f'images, {images.shape}')
+  recon = reconstructions
   real = images.astype(jnp.float32) / 255.0
   paths = [
       _fig_spectra(recon, real, stride, f'{title}   checkerboard '

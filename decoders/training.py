@@ -358,10 +358,10 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
   progress = metrics_io.Progress(start, config.num_steps)
   last_saved, t_log, s_log = start, time.perf_counter(), start
   timing = dict(first_step_s=None, train_s=0.0)
-  final = {}
+  final, final_recon = {}, None
   try:
     if start == 0:  # the artifacts of the untrained decoder, for comparison with the trained one
-      writer.write(0, {f'eval/val/{k}': v for k, v in _evaluate(run, state, val).items()})
+      writer.write(0, {f'eval/val/{k}': v for k, v in _evaluate(run, state, val)[0].items()})
       t_log = time.perf_counter()  # eval time is not training time
     end = config.num_steps if stop_after is None else min(stop_after, config.num_steps)
     for step in range(start, end):
@@ -386,7 +386,8 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
       if (config.eval_every and done % config.eval_every == 0) or is_last:
         jax.block_until_ready(state)  # the steps dispatched so far are training time
         t_eval = time.perf_counter()
-        final = _evaluate(run, state, val)
+        final, recon = _evaluate(run, state, val)
+        final_recon = recon if is_last else None  # the figures reuse the last one
         writer.write(done, {f'eval/val/{k}': v for k, v in final.items()})
         t_log += time.perf_counter() - t_eval  # eval time is not training time
       if done % config.checkpoint_every == 0 or is_last:
@@ -408,16 +409,18 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
     evaluation.save_figures(run.model(state), val, final,
                             os.path.join(workdir, 'figures'), batch_size=config.eval.batch_size,
                             stride=config.eval.spectral_stride, num_images=config.eval.num_images,
-                            title=f'{config.dataset} {config.model.upsample} step {done}')
+                            title=f'{config.dataset} {config.model.upsample} step {done}',
+                            reconstructions=final_recon)
   return final
 
 
-def _evaluate(run: Run, state, images) -> dict:
+def _evaluate(run: Run, state, images):
+  """(metrics, reconstructions) of the model in `state` on `images` (the val split)."""
   from decoders import evaluation
   c = run.config
-  return evaluation.evaluate(run.model(state), images, batch_size=c.eval.batch_size,
-                             stride=c.eval.spectral_stride,
-                             likelihood_std=c.model.likelihood_std)
+  return evaluation.evaluate_with_reconstructions(
+      run.model(state), images, batch_size=c.eval.batch_size, stride=c.eval.spectral_stride,
+      likelihood_std=c.model.likelihood_std)
 
 
 def _check_finite(state, last_saved: int) -> None:

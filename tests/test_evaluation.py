@@ -185,6 +185,29 @@ def test_save_figures_writes_readable_pngs(mnist, images, tmp_path):
     assert pixels.ndim == 3 and min(pixels.shape[:2]) > 100, (path, pixels.shape)
 
 
+def test_save_figures_reuses_the_reconstructions_evaluate_returned(mnist, images, tmp_path,
+                                                                   monkeypatch):
+  model = _model(mnist)
+  metrics, recon = evaluation.evaluate_with_reconstructions(model, images, batch_size=BATCH,
+                                                            **EVAL)
+  assert metrics == evaluation.evaluate(model, images, batch_size=BATCH, **EVAL)
+  assert recon.shape == images.shape and recon.dtype == np.float32
+  figure_args = dict(batch_size=BATCH, stride=2, num_images=16, title='test')
+  computed = evaluation.save_figures(model, images, metrics, str(tmp_path / 'computed'),
+                                     **figure_args)
+
+  def no_second_pass(*args, **kwargs):
+    raise AssertionError('save_figures ran the model again')
+  monkeypatch.setattr(evaluation, '_run', no_second_pass)
+  reused = evaluation.save_figures(model, images, metrics, str(tmp_path / 'reused'),
+                                   reconstructions=recon, **figure_args)
+  for a, b in zip(computed, reused):  # the same pictures, pixel for pixel
+    np.testing.assert_array_equal(mpimg.imread(a), mpimg.imread(b))
+  with pytest.raises(ValueError, match='do not match'):
+    evaluation.save_figures(model, images, metrics, str(tmp_path / 'bad'),
+                            reconstructions=recon[:-1], **figure_args)
+
+
 def test_reconstructions_returns_the_first_images(mnist, images):
   originals, recon = evaluation.reconstructions(_model(mnist), images, batch_size=32, num=7)
   assert originals.shape == recon.shape == (7, 28, 28, 1)

@@ -66,6 +66,17 @@ def test_defaults_train_on_cifar10(tmp_path):
   assert np.mean(losses[-30:]) <= 0.5 * losses[0], (losses[0], np.mean(losses[-30:]))
 
 
+def test_the_figures_reuse_the_final_evals_reconstructions(tmp_path, monkeypatch):
+  from decoders import evaluation
+  passes = []
+  run_split = evaluation._run
+  monkeypatch.setattr(evaluation, '_run', lambda *a, **k: passes.append(1) or run_split(*a, **k))
+  training.train_and_evaluate(small_config(num_steps=4, eval_every=2), str(tmp_path))
+  assert len(passes) == 3  # val at steps 0, 2 and 4; the figures add no pass of their own
+  figures = sorted(os.listdir(tmp_path / 'figures'))
+  assert figures == ['radial.png', 'reconstructions.png', 'spectra.png']
+
+
 def final_params(workdir):
   config = training.load_config(workdir)
   run = training.Run(config, workdir)
