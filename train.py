@@ -38,7 +38,9 @@ def main(argv):
     cli.fail(str(e))
   except OSError as e:  # a full disk, a vanished workdir: the last checkpoint is still there
     cli.fail(f'I/O error: {e}; run the same command again to resume from the last checkpoint')
-  except KeyboardInterrupt:
+  except training.Stopped as e:  # SIGTERM or Ctrl-C: the step reached is saved
+    cli.fail(str(e), 128 + e.signum)
+  except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
     cli.fail('interrupted; run the same command again to resume from the last checkpoint', 130)
   if not metrics:
     print(f'{FLAGS.workdir} already holds the finished run (step {config.num_steps}); nothing to '

@@ -7,6 +7,8 @@ A sweep file defines `get_sweep(preset)` returning a list of points: dicts of do
 to values, plus 'config' (the base config file), 'name' (the point's workdir name) and optionally
 'group' (points aggregated together, e.g. one block over seeds). A finished point (eval.json at the
 final step) is skipped; an interrupted one resumes from its checkpoint (train.py does that).
+Ctrl-C or SIGTERM stops the sweep: no new point starts, the running trainings get SIGTERM and save
+the step they reached, and the same command resumes.
 `--dry_run` prints one shell command per point, for Slurm, a TPU pod or a batch queue.
 """
 from __future__ import annotations
@@ -18,8 +20,10 @@ import json
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 from absl import app, flags
@@ -123,15 +127,76 @@ def is_finished(workdir: str) -> bool:
     return False
 
 
-def run_point(point: dict, workdir: str) -> tuple[str, float]:
-  """Trains and evaluates one point (resuming); returns (status, seconds). Logs to sweep.log."""
+class _Stop:
+  """SIGINT / SIGTERM to the sweep: no new point starts, running trainings get SIGTERM.
+
+  A training run stops after its current step with a checkpoint of it (`training.Stopped`) and
+  ignores a repeated SIGTERM, so forwarding is safe when a Ctrl-C or a scheduler has signalled the
+  whole process group already. `received` lists the signal numbers; `restore()` ends the catch.
+  """
+
+  def __init__(self):
+    self.received: list[int] = []
+    self._lock = threading.Lock()
+    self._running: set[subprocess.Popen] = set()
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():
+      self._previous = {s: signal.getsignal(s) or signal.SIG_DFL
+                        for s in (signal.SIGINT, signal.SIGTERM)}
+      for signum in self._previous:
+        signal.signal(signum, self._handle)
+
+  def _handle(self, signum, _frame):
+    if self.received and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C: stop waiting
+    with self._lock:
+      self.received.append(signum)
+      for process in self._running:
+        process.send_signal(signal.SIGTERM)
+
+  def start(self, command, **kwargs) -> subprocess.Popen | None:
+    """Popen(command) unless the sweep is stopping (then None)."""
+    with self._lock:
+      if self.received:
+        return None
+      process = subprocess.Popen(command, **kwargs)
+      self._running.add(process)
+    return process
+
+  def finished(self, process: subprocess.Popen) -> None:
+    with self._lock:
+      self._running.discard(process)
+
+  def restore(self) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+
+def run_point(point: dict, workdir: str, stop: _Stop | None = None) -> tuple[str, float]:
+  """Trains and evaluates one point (resuming); returns (status, seconds). Logs to sweep.log.
+
+  With `stop` (run_sweep's), a point not yet started when the sweep is stopped returns
+  ('stopped', 0) without running anything, and a running one stops with its training's checkpoint.
+  """
+  if stop and stop.received:
+    return 'stopped', 0.0
   os.makedirs(workdir, exist_ok=True)
   start = time.perf_counter()
   with open(os.path.join(workdir, 'sweep.log'), 'a') as log:
     for command in commands(point, workdir):
       log.write('$ ' + shlex.join(command) + '\n')
       log.flush()
-      code = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+      kwargs = dict(cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+      process = stop.start(command, **kwargs) if stop else subprocess.Popen(command, **kwargs)
+      if process is None:
+        return 'stopped', 0.0
+      try:
+        code = process.wait()
+      finally:
+        if stop:
+          stop.finished(process)
+      if code and stop and stop.received:
+        return 'stopped', 0.0
       if code:
         return f'failed (exit {code}, see {os.path.join(workdir, "sweep.log")})', 0.0
   seconds = time.perf_counter() - start
@@ -146,22 +211,45 @@ def run_point(point: dict, workdir: str) -> tuple[str, float]:
   return 'done', seconds
 
 
+class SweepStopped(Exception):
+  """The sweep was stopped by SIGINT / SIGTERM; the message says what is kept and how to resume."""
+
+  def __init__(self, signum: int, message: str):
+    self.signum = signum
+    super().__init__(message)
+
+
 def run_sweep(points: list[dict], sweep_dir: str, *, jobs: int) -> list[str]:
-  """Runs every unfinished point; returns the failures (one line each)."""
+  """Runs every unfinished point; returns the failures (one line each).
+
+  Raises SweepStopped on SIGINT / SIGTERM once the running points have saved and exited.
+  """
   todo = [p for p in points if not is_finished(os.path.join(sweep_dir, p['name']))]
   print(f'{len(points)} points, {len(points) - len(todo)} already finished, {len(todo)} to run',
         file=sys.stderr)
-  failures = []
-  with tqdm(total=len(todo), unit='run', file=sys.stderr) as bar, \
-      concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-    futures = {pool.submit(run_point, p, os.path.join(sweep_dir, p['name'])): p for p in todo}
-    for future in concurrent.futures.as_completed(futures):
-      name = futures[future]['name']
-      status, seconds = future.result()
-      if status != 'done':
-        failures.append(f'{name}: {status}')
-      bar.set_postfix_str(f'{name}: {status}' + (f' in {seconds:.0f}s' if seconds else ''))
-      bar.update()
+  failures, done = [], 0
+  stop = _Stop()
+  try:
+    with tqdm(total=len(todo), unit='run', file=sys.stderr) as bar, \
+        concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+      futures = {pool.submit(run_point, p, os.path.join(sweep_dir, p['name']), stop): p
+                 for p in todo}
+      for future in concurrent.futures.as_completed(futures):
+        name = futures[future]['name']
+        status, seconds = future.result()
+        done += status == 'done'
+        if status not in ('done', 'stopped'):
+          failures.append(f'{name}: {status}')
+        bar.set_postfix_str(f'{name}: {status}' + (f' in {seconds:.0f}s' if seconds else ''))
+        bar.update()
+  finally:
+    stop.restore()
+  if stop.received:
+    raise SweepStopped(
+        stop.received[0],
+        f'stopped by {signal.Signals(stop.received[0]).name}: {len(points) - len(todo) + done} of '
+        f'{len(points)} points finished, the running ones kept their last checkpoint; run the same '
+        'command again to resume')
   return failures
 
 
@@ -249,7 +337,12 @@ def main(argv):
   with open(os.path.join(FLAGS.workdir, 'points.json'), 'w') as f:  # for decoders.figures
     json.dump([{'name': p['name'], 'group': p.get('group', p['name'])} for p in points], f,
               indent=1)
-  failures = run_sweep(points, FLAGS.workdir, jobs=FLAGS.jobs)
+  try:
+    failures = run_sweep(points, FLAGS.workdir, jobs=FLAGS.jobs)
+  except SweepStopped as e:
+    cli.fail(str(e), 128 + e.signum)
+  except KeyboardInterrupt:  # a second Ctrl-C
+    cli.fail('interrupted; run the same command again to resume', 130)
   rows = aggregate(points, FLAGS.workdir)
   print(markdown_table(rows))
   print(f'wrote {os.path.join(FLAGS.workdir, "results.md")} and results.csv', file=sys.stderr)

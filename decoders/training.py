@@ -14,7 +14,9 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 
 import jax
@@ -38,6 +40,45 @@ RESUMABLE_KEYS = ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoin
 
 class RunError(ValueError):
   """A user-facing problem with a run (config, workdir, divergence); one-line message."""
+
+
+class Stopped(Exception):
+  """Training stopped on SIGTERM or SIGINT after saving a checkpoint of the step it reached."""
+
+  def __init__(self, signum: int, step: int):
+    self.signum, self.step = signum, step
+    super().__init__(f'stopped by {signal.Signals(signum).name} at step {step}, checkpoint saved; '
+                     'run the same command again to resume')
+
+
+# The signals that stop training cleanly: the first one ends the loop after the current step with a
+# checkpoint of that step (what a preempting scheduler's SIGTERM or a Ctrl-C wants). After it, more
+# SIGTERMs are ignored (a scheduler and a sweep may both send one) and a second Ctrl-C interrupts
+# at once.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _StopSignals:
+  """Catches STOP_SIGNALS from construction until `restore()`; `received` lists their numbers."""
+
+  def __init__(self):
+    self.received: list[int] = []
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():  # handlers need the main thread
+      # getsignal gives None for a handler not set from Python: restore the default then.
+      self._previous = {signum: signal.getsignal(signum) or signal.SIG_DFL
+                        for signum in STOP_SIGNALS}
+      for signum in STOP_SIGNALS:
+        signal.signal(signum, self._handle)
+
+  def _handle(self, signum, _frame):
+    if self.received and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # the second Ctrl-C: stop now, whatever is running
+    self.received.append(signum)
+
+  def restore(self) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -359,6 +400,7 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
   last_saved, t_log, s_log = start, time.perf_counter(), start
   timing = dict(first_step_s=None, train_s=0.0)
   final, final_recon = {}, None
+  stop = _StopSignals()
   try:
     if start == 0:  # the artifacts of the untrained decoder, for comparison with the trained one
       writer.write(0, {f'eval/val/{k}': v for k, v in _evaluate(run, state, val)[0].items()})
@@ -396,8 +438,14 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
         # (an asynchronous save still in flight when the next one starts could lose two).
         run.checkpoints.save(done, state, wait=True)
         last_saved = done
+      if stop.received and not is_last:  # SIGTERM / SIGINT: keep this step, then stop
+        if last_saved != done:
+          _check_finite(state, last_saved)
+          run.checkpoints.save(done, state, wait=True)
+        raise Stopped(stop.received[0], done)
     run.checkpoints.wait_until_finished()
   finally:
+    stop.restore()
     progress.close()
     writer.close()
   if start < end == config.num_steps:

@@ -112,6 +112,36 @@ def test_sigkill_five_times_then_bit_identical(tmp_path):
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_saves_the_step_reached_then_resumes_bit_identical(tmp_path, signum):
+  num_steps, target = 40, 10
+  straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
+  out = run(train_args(straight, num_steps))
+  assert out.returncode == 0, out.stderr[-2000:]
+  # No periodic checkpoint before the end: whatever is saved, the signal saved it.
+  args = train_args(stopped, num_steps, '--config.checkpoint_every=1000')
+  process = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while time.time() < deadline and max(logged_steps(stopped), default=-1) < target:
+    assert process.poll() is None, process.stderr.read()[-2000:]
+    time.sleep(0.02)
+  process.send_signal(signum)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 128 + signum, stderr[-2000:]
+  lines = [line for line in stderr.splitlines() if line.strip()]  # the progress bar, then one
+  step, _ = params_of(stopped)
+  assert target <= step < num_steps and 'Traceback' not in stderr
+  assert lines[-1] == (f'train.py: error: stopped by {signal.Signals(signum).name} at step '
+                       f'{step}, checkpoint saved; run the same command again to resume'), stderr
+  out = run(args)
+  assert out.returncode == 0 and f'resuming from step {step}' in out.stderr, out.stderr[-2000:]
+  (step_a, a), (step_b, b) = params_of(straight), params_of(stopped)
+  assert step_a == step_b == num_steps
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+
+
 # ------------------------------------------------------------------------------------------------
 # 2. Damaged checkpoints: train.py and eval.py restore the newest valid step and say so.
 
@@ -197,6 +227,41 @@ def test_killed_sweep_resumes_without_rerunning(tmp_path):
   assert 'resuming from step' in (sweep_dir / 'p1' / 'sweep.log').read_text()
   table = (sweep_dir / 'results.md').read_text()
   assert all(f'| p{i} | 1 |' in table for i in range(3)) and 'nan' not in table
+
+
+STOPPABLE_SWEEP = SWEEP.replace("'num_steps': 8", "'num_steps': 100").replace('range(3)',
+                                                                               'range(2)')
+
+
+@pytest.mark.parametrize('how', ['ctrl-c to the process group', 'SIGTERM to the sweep alone'])
+def test_stopped_sweep_starts_nothing_new_and_resumes(tmp_path, how):
+  spec, sweep_dir = tmp_path / 'sweep.py', tmp_path / 'sweep'
+  spec.write_text(STOPPABLE_SWEEP)
+  args = [sys.executable, '-m', 'decoders.sweep', f'--sweep={spec}', f'--workdir={sweep_dir}']
+  process = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+  deadline = time.time() + 300
+  while time.time() < deadline and max(logged_steps(str(sweep_dir / 'p0')), default=0) < 3:
+    assert process.poll() is None, process.stderr.read()[-2000:]
+    time.sleep(0.02)
+  if how.startswith('ctrl-c'):  # the terminal signals every process of the foreground group
+    os.killpg(process.pid, signal.SIGINT)
+  else:  # the sweep forwards SIGTERM to the training it runs
+    process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=120)
+  signum = signal.SIGINT if how.startswith('ctrl-c') else signal.SIGTERM
+  assert process.returncode == 128 + signum, stderr[-2000:]
+  assert stderr.strip().splitlines()[-1] == (
+      f'sweep.py: error: stopped by {signal.Signals(signum).name}: 0 of 2 points finished, the '
+      'running ones kept their last checkpoint; run the same command again to resume')
+  log = (sweep_dir / 'p0' / 'sweep.log').read_text()
+  assert f'stopped by {signal.Signals(signum).name} at step' in log, log[-2000:]
+  assert not (sweep_dir / 'p1').exists()  # not started after the signal
+  out = run(args)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert 'resuming from step' in (sweep_dir / 'p0' / 'sweep.log').read_text()
+  table = (sweep_dir / 'results.md').read_text()
+  assert all(f'| p{i} | 1 |' in table for i in range(2)) and 'nan' not in table
 
 
 # ------------------------------------------------------------------------------------------------
