@@ -59,12 +59,18 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class _StopSignals:
-  """Catches STOP_SIGNALS from construction until `restore()`; `received` lists their numbers."""
+  """Catches STOP_SIGNALS from construction until `restore()`; `received` lists their numbers.
+
+  Single-process runs only: with several JAX processes one of them would stop (and enter a
+  checkpoint save the others never join) while the rest train on, so multi-host runs keep the
+  default handlers and lose at most one checkpoint interval, as on SIGKILL.
+  """
 
   def __init__(self):
     self.received: list[int] = []
     self._previous = {}
-    if threading.current_thread() is threading.main_thread():  # handlers need the main thread
+    main_thread = threading.current_thread() is threading.main_thread()  # where handlers run
+    if main_thread and jax.process_count() == 1:
       # getsignal gives None for a handler not set from Python: restore the default then.
       self._previous = {signum: signal.getsignal(signum) or signal.SIG_DFL
                         for signum in STOP_SIGNALS}
