@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
-import glob
 import json
 import os
 import statistics
@@ -84,14 +83,8 @@ def worker(dataset: str, block: str, splits: int, root: str = ROOT, phases: bool
   t = time.perf_counter()
   lowered = step.lower(state, images, indices[0])
   if phases:
-    import tempfile
-    from jax._src.lib import _profile_data  # the trace reader jax ships (no TensorBoard needed)
-    with tempfile.TemporaryDirectory() as trace_dir:
-      jax.profiler.start_trace(trace_dir)
-      compiled = lowered.compile()
-      jax.profiler.stop_trace()
-      path = glob.glob(os.path.join(trace_dir, '**', '*.xplane.pb'), recursive=True)[0]
-      phase_seconds = _compile_phases(_profile_data.ProfileData.from_file(path))
+    compiled, trace = throughput.traced(lowered.compile)
+    phase_seconds = _compile_phases(trace)
   else:
     compiled = lowered.compile()
   t_run = time.perf_counter()

@@ -482,6 +482,21 @@ def _op_kind(name: str, text: str) -> str:
   return f"{kind}, {'backward' if backward else 'forward'}"
 
 
+def traced(fn):
+  """(fn(), the jax.profiler trace taken while it ran, as the ProfileData jax ships)."""
+  import glob
+  import jax
+  from jax._src.lib import _profile_data  # the trace reader jax ships (no TensorBoard needed)
+  with tempfile.TemporaryDirectory() as trace_dir:
+    jax.profiler.start_trace(trace_dir)
+    try:
+      result = fn()
+    finally:
+      jax.profiler.stop_trace()
+    path = glob.glob(os.path.join(trace_dir, '**', '*.xplane.pb'), recursive=True)[0]
+    return result, _profile_data.ProfileData.from_file(path)
+
+
 def profile_worker(dataset, block, options, impl, steps=10, top=12, batch_splits=0):
   """Per-HLO-op time of the JAX step from jax.profiler (one trace, `steps` steps).
 
@@ -490,10 +505,8 @@ def profile_worker(dataset, block, options, impl, steps=10, top=12, batch_splits
   costs on its own (BENCHMARKS.md: a tap slice reads 1.5-2 ms with 4 parts, 0.33 ms alone).
   """
   import collections
-  import glob
   import re
   import jax
-  from jax._src.lib import _profile_data  # the trace reader jax ships (no TensorBoard needed)
   step, state, images, indices, splits = _jax_setup(dataset, block, options, impl, batch_splits)
   text = step.lower(state, images, indices[0]).compile().as_text()
   info = {}
@@ -505,16 +518,13 @@ def profile_worker(dataset, block, options, impl, steps=10, top=12, batch_splits
   for i in range(3):
     state, _ = step(state, images, indices[i])
   jax.block_until_ready(state)
-  with tempfile.TemporaryDirectory() as trace_dir:
-    jax.profiler.start_trace(trace_dir)
+  def timed_steps(state=state):
     t = time.perf_counter()
     for i in range(steps):
       state, _ = step(state, images, indices[i % 8])
     jax.block_until_ready(state)
-    wall = (time.perf_counter() - t) / steps
-    jax.profiler.stop_trace()
-    path = glob.glob(os.path.join(trace_dir, '**', '*.xplane.pb'), recursive=True)[0]
-    trace = _profile_data.ProfileData.from_file(path)
+    return (time.perf_counter() - t) / steps
+  wall, trace = traced(timed_steps)
   per_op = collections.Counter()
   for plane in trace.planes:
     for line in plane.lines:

@@ -25,7 +25,7 @@ def _unquoted(text: str) -> str:
   """ml_collections wraps a key error's message in repr() (escaped quotes, a literal '\\n')."""
   try:
     value = ast.literal_eval(text)
-  except (ValueError, SyntaxError, MemoryError, RecursionError):
+  except (ValueError, SyntaxError):
     return text
   return value if isinstance(value, str) else text
 

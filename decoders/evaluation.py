@@ -307,14 +307,14 @@ def save_figures(model, images: jax.Array, metrics: dict[str, float], out_dir: s
   Args:
     model, images: as for `evaluate`; the spectra use the whole split.
     metrics: `evaluate`'s result for them, quoted in the titles.
-    reconstructions: the model's reconstructions of `images`, as `evaluate_with_reconstructions`
-      returns them, or None to compute them here (one more pass over the split).
     out_dir: created if missing.
     batch_size: eval batch.
     stride: the spectral stride; its aliasing frequencies are circled on the spectra.
     num_images: images in the reconstruction / sample grids.
     title: figure title, e.g. the workdir and upsampler.
     sample_seed: seeds the vae's prior draws (as in `evaluate`).
+    reconstructions: the model's reconstructions of `images`, as `evaluate_with_reconstructions`
+      returns them, or None to compute them here (one more pass over the split).
   Returns:
     The paths written.
   """

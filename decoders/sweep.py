@@ -29,7 +29,7 @@ import time
 from absl import app, flags
 from tqdm import tqdm
 
-from decoders import cli
+from decoders import cli, stop_signals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECIAL_KEYS = ('name', 'config', 'group')
@@ -128,29 +128,23 @@ def is_finished(workdir: str) -> bool:
 
 
 class _Stop:
-  """SIGINT / SIGTERM to the sweep: no new point starts, running trainings get SIGTERM.
-
-  A training run stops after its current step with a checkpoint of it (`training.Stopped`) and
-  ignores a repeated SIGTERM, so forwarding is safe when a Ctrl-C or a scheduler has signalled the
-  whole process group already. `received` lists the signal numbers; `restore()` ends the catch.
+  """SIGINT / SIGTERM to the sweep (`stop_signals`): no new point starts, running trainings get
+  SIGTERM. A training run stops after its current step with a checkpoint of it
+  (`training.Stopped`) and ignores a repeated SIGTERM, so forwarding is safe when a Ctrl-C or a
+  scheduler has signalled the whole process group already.
   """
 
   def __init__(self):
-    self.received: list[int] = []
     self._lock = threading.Lock()
     self._running: set[subprocess.Popen] = set()
-    self._previous = {}
-    if threading.current_thread() is threading.main_thread():
-      self._previous = {s: signal.getsignal(s) or signal.SIG_DFL
-                        for s in (signal.SIGINT, signal.SIGTERM)}
-      for signum in self._previous:
-        signal.signal(signum, self._handle)
+    self.signals = stop_signals.StopSignals(on_signal=self._forward)
 
-  def _handle(self, signum, _frame):
-    if self.received and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # a second Ctrl-C: stop waiting
+  @property
+  def received(self) -> list[int]:
+    return self.signals.received
+
+  def _forward(self, _signum):
     with self._lock:
-      self.received.append(signum)
       for process in self._running:
         process.send_signal(signal.SIGTERM)
 
@@ -167,18 +161,14 @@ class _Stop:
     with self._lock:
       self._running.discard(process)
 
-  def restore(self) -> None:
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
 
-
-def run_point(point: dict, workdir: str, stop: _Stop | None = None) -> tuple[str, float]:
+def run_point(point: dict, workdir: str, stop: _Stop) -> tuple[str, float]:
   """Trains and evaluates one point (resuming); returns (status, seconds). Logs to sweep.log.
 
-  With `stop` (run_sweep's), a point not yet started when the sweep is stopped returns
-  ('stopped', 0) without running anything, and a running one stops with its training's checkpoint.
+  Once the sweep is stopped, a point not yet started returns ('stopped', 0) without running
+  anything, and a running one stops with its training's checkpoint.
   """
-  if stop and stop.received:
+  if stop.received:
     return 'stopped', 0.0
   os.makedirs(workdir, exist_ok=True)
   start = time.perf_counter()
@@ -186,16 +176,14 @@ def run_point(point: dict, workdir: str, stop: _Stop | None = None) -> tuple[str
     for command in commands(point, workdir):
       log.write('$ ' + shlex.join(command) + '\n')
       log.flush()
-      kwargs = dict(cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-      process = stop.start(command, **kwargs) if stop else subprocess.Popen(command, **kwargs)
+      process = stop.start(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
       if process is None:
         return 'stopped', 0.0
       try:
         code = process.wait()
       finally:
-        if stop:
-          stop.finished(process)
-      if code and stop and stop.received:
+        stop.finished(process)
+      if code and stop.received:
         return 'stopped', 0.0
       if code:
         return f'failed (exit {code}, see {os.path.join(workdir, "sweep.log")})', 0.0
@@ -243,7 +231,7 @@ def run_sweep(points: list[dict], sweep_dir: str, *, jobs: int) -> list[str]:
         bar.set_postfix_str(f'{name}: {status}' + (f' in {seconds:.0f}s' if seconds else ''))
         bar.update()
   finally:
-    stop.restore()
+    stop.signals.restore()
   if stop.received:
     raise SweepStopped(
         stop.received[0],

@@ -16,7 +16,6 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 
 import jax
@@ -28,7 +27,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from decoders import checkpoint, data, models
+from decoders import checkpoint, data, models, stop_signals
 from decoders import metrics_io
 
 # Keys whose change does not change what a run computes: resuming a workdir with these changed is
@@ -49,42 +48,6 @@ class Stopped(Exception):
     self.signum, self.step = signum, step
     super().__init__(f'stopped by {signal.Signals(signum).name} at step {step}, checkpoint saved; '
                      'run the same command again to resume')
-
-
-# The signals that stop training cleanly: the first one ends the loop after the current step with a
-# checkpoint of that step (what a preempting scheduler's SIGTERM or a Ctrl-C wants). After it, more
-# SIGTERMs are ignored (a scheduler and a sweep may both send one) and a second Ctrl-C interrupts
-# at once.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-class _StopSignals:
-  """Catches STOP_SIGNALS from construction until `restore()`; `received` lists their numbers.
-
-  Single-process runs only: with several JAX processes one of them would stop (and enter a
-  checkpoint save the others never join) while the rest train on, so multi-host runs keep the
-  default handlers and lose at most one checkpoint interval, as on SIGKILL.
-  """
-
-  def __init__(self):
-    self.received: list[int] = []
-    self._previous = {}
-    main_thread = threading.current_thread() is threading.main_thread()  # where handlers run
-    if main_thread and jax.process_count() == 1:
-      # getsignal gives None for a handler not set from Python: restore the default then.
-      self._previous = {signum: signal.getsignal(signum) or signal.SIG_DFL
-                        for signum in STOP_SIGNALS}
-      for signum in STOP_SIGNALS:
-        signal.signal(signum, self._handle)
-
-  def _handle(self, signum, _frame):
-    if self.received and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # the second Ctrl-C: stop now, whatever is running
-    self.received.append(signum)
-
-  def restore(self) -> None:
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -406,7 +369,10 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
   last_saved, t_log, s_log = start, time.perf_counter(), start
   timing = dict(first_step_s=None, train_s=0.0)
   final, final_recon = {}, None
-  stop = _StopSignals()
+  # SIGTERM / Ctrl-C end the loop after the current step, saved. Single-process runs only: with
+  # several JAX processes one would enter a checkpoint save the others never join, so multi-host
+  # runs keep the default handlers and lose at most one checkpoint interval, as on SIGKILL.
+  stop = stop_signals.StopSignals(enabled=jax.process_count() == 1)
   try:
     if start == 0:  # the artifacts of the untrained decoder, for comparison with the trained one
       writer.write(0, {f'eval/val/{k}': v for k, v in _evaluate(run, state, val)[0].items()})
@@ -438,16 +404,14 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
         final_recon = recon if is_last else None  # the figures reuse the last one
         writer.write(done, {f'eval/val/{k}': v for k, v in final.items()})
         t_log += time.perf_counter() - t_eval  # eval time is not training time
-      if done % config.checkpoint_every == 0 or is_last:
+      stopping = bool(stop.received) and not is_last
+      if done % config.checkpoint_every == 0 or is_last or stopping:
         _check_finite(state, last_saved)
         # Committed before training goes on, so a kill at any moment loses at most one interval
         # (an asynchronous save still in flight when the next one starts could lose two).
         run.checkpoints.save(done, state, wait=True)
         last_saved = done
-      if stop.received and not is_last:  # SIGTERM / SIGINT: keep this step, then stop
-        if last_saved != done:
-          _check_finite(state, last_saved)
-          run.checkpoints.save(done, state, wait=True)
+      if stopping:
         raise Stopped(stop.received[0], done)
     run.checkpoints.wait_until_finished()
   finally:
