@@ -26,8 +26,10 @@ torch.compile, compile / first-step time, and GFLOP/s on useful FLOPs (each laye
 multiply-adds as the model defines it, no products with inserted zeros, x2 for FLOPs, forward +
 input gradient + weight gradient; see `useful_flops`) against the measured fp32 matmul peak,
 and how many cores each framework kept busy over the timed steps (process CPU time / wall time:
-2.00 means both cores of this machine worked throughout). The full loop (`training.train_and_evaluate` on real MNIST: data, logging, checkpoints) is read
-from its workdir/train_summary.json. Prints a markdown table for BENCHMARKS.md.
+2.00 means both cores of this machine worked throughout). The full loop
+(`training.train_and_evaluate` on real MNIST: data, logging, checkpoints) is read from its
+workdir/train_summary.json, and set against the bare step timed after it in the same process
+as well as against the step workers'. Prints a markdown table for BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -268,13 +270,21 @@ def threads(args) -> str:
   return '\n'.join(lines)
 
 
-def loop_worker(steps, data_dir):
-  """The real training loop on MNIST (tconv k3): reads workdir/train_summary.json."""
+def loop_worker(steps, data_dir, bare_steps=100, warmup=5):
+  """The real training loop on MNIST (tconv k3), then its bare step in the same process.
+
+  The loop's numbers come from workdir/train_summary.json and metrics.jsonl. The bare step is
+  the same `Run.step_fn()` timed after the loop as `jax_worker` times it (indices on device up
+  front, no logging or checkpoints), so loop / bare is a ratio within one process, free of the
+  process-to-process spread of the step's speed (as large as the gap the target allows).
+  """
+  import jax
+  import numpy as np
   from configs import mnist
-  from decoders import training
+  from decoders import data, training
   config = mnist.get_config()
   with config.unlocked():
-    config.num_steps, config.log_every = steps, 50
+    config.num_steps, config.log_every = steps, min(50, max(steps // 3, 1))
     config.checkpoint_every, config.eval_every = max(steps // 3, 1), 0
     config.eval.num_val = 1000
     config.data.dir = data_dir
@@ -291,9 +301,24 @@ def loop_worker(steps, data_dir):
   # batch indices, logging and checkpoint saves.
   steady = statistics.median(intervals[1:]) if len(intervals) > 1 else float('nan')
   no_first = (steps - 1) * config.batch_size / (summary['train_s'] - summary['first_step_s'])
+  with tempfile.TemporaryDirectory() as workdir:  # the bare step of the same run, same process
+    run = training.Run(config, workdir, data.build_dataset(config))
+    step_fn, state = run.step_fn(), run.initial_state
+    images = jax.device_put(run.dataset.train, run.replicated)
+    indices = [run.indices(i) for i in range(bare_steps)]
+    for i in range(warmup):
+      state, _ = step_fn(state, images, indices[i])
+    jax.block_until_ready(state)
+    t = time.perf_counter()
+    for i in range(bare_steps):
+      state, metrics = step_fn(state, images, indices[i])
+    jax.block_until_ready(state)
+    bare = bare_steps * config.batch_size / (time.perf_counter() - t)
+    assert np.isfinite(float(metrics['loss']))
   return dict(ips=summary['images_per_s'], ips_no_first=no_first, ips_steady=steady,
               first_s=summary['first_step_s'], train_s=summary['train_s'], wall_s=wall,
-              steps=steps)
+              steps=steps, bare_ips=bare, no_first_over_bare=no_first / bare,
+              steady_over_bare=steady / bare)
 
 
 def tune_malloc() -> None:
@@ -450,7 +475,8 @@ def report(result: dict, args) -> str:
     bare = _stats(runs.get('mnist|tconv_k3|jax', []))
     ratio = lambda s: f' = {s[0] / bare[0]:.2f} x bare' if s and bare else ''
     lines += ['', f"Full loop (train_and_evaluate on MNIST, tconv k3, {args.loop_steps} steps, "
-              f"checkpoint every {max(args.loop_steps // 3, 1)}, log every 50, 1000 val images)"
+              f"checkpoint every {max(args.loop_steps // 3, 1)}, "
+              f"log every {min(50, max(args.loop_steps // 3, 1))}, 1000 val images)"
               f", img/s; bare step {fmt(bare)}:", '',
               f"- train_summary.json images_per_s (compile, step-0 eval, checkpoints included): "
               f"{fmt(loop[0])}{ratio(loop[0])}",
@@ -459,6 +485,14 @@ def report(result: dict, args) -> str:
               f"{fmt(loop[2])}{ratio(loop[2])}",
               '- first step (compile + run) s: '
               + ', '.join(f"{r['first_s']:.2f}" for r in runs['loop'] if 'first_s' in r)]
+    paired = [_stats(runs['loop'], key) for key in ('bare_ips', 'no_first_over_bare',
+                                                      'steady_over_bare')]
+    if all(paired):
+      lines.append(
+          f"- against the bare step timed after the loop in the same process ({fmt(paired[0])} "
+          f"img/s), median (min-max) of the per-process ratios: without the first step "
+          f"{paired[1][0]:.2f}x ({paired[1][1]:.2f}-{paired[1][2]:.2f}), steady state "
+          f"{paired[2][0]:.2f}x ({paired[2][1]:.2f}-{paired[2][2]:.2f})")
   failed = [(k, r['err']) for k, rs in runs.items() for r in rs if 'err' in r]
   for k, err in failed:
     lines.append(f'\nFAILED {k}: {err}')

@@ -1,8 +1,10 @@
 """benchmarks/: paired.py's --set parsing, layers.py's layer list, compile_breakdown's checks,
-throughput.py's profile worker.
+throughput.py's profile and loop workers.
 
 Timings are not tests.
 """
+import os
+
 import pytest
 
 from benchmarks import paired
@@ -83,3 +85,14 @@ def test_compile_phases_sum_the_compile_threads_top_level_events_and_count_kerne
   phases = compile_breakdown._compile_phases(NS(planes=[NS(lines=[compiler, codegen])]))
   assert phases == pytest.approx({'hlo passes': 0.15, 'emit': 0.6, 'collect': 0.3, 'llvm': 1.4,
                                   'kernels': 2})
+
+
+def test_loop_worker_times_the_bare_step_in_the_same_process():
+  from benchmarks import throughput
+  data_dir = os.environ.get('DECODERS_DATA_DIR') or os.path.join(
+      os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'shared',
+      'data')
+  r = throughput.loop_worker(6, data_dir, bare_steps=2, warmup=1)
+  assert r['steps'] == 6 and r['bare_ips'] > 0 and r['first_s'] > 0
+  assert r['no_first_over_bare'] == pytest.approx(r['ips_no_first'] / r['bare_ips'])
+  assert r['steady_over_bare'] == pytest.approx(r['ips_steady'] / r['bare_ips'])
