@@ -6,6 +6,7 @@
   python -m benchmarks.throughput --quick         # 1 repeat, fewer steps (a smoke test, ~5 min)
   python -m benchmarks.throughput --baseline DIR  # also time the JAX step of another checkout
                                                   # (DIR holds decoders/ and configs/): before/after
+  python -m benchmarks.throughput --from_json F    # the report of a run saved with --json F
   python -m benchmarks.throughput check           # the PyTorch twin equals the JAX model: loss
                                                   # and every gradient from the same weights
   python -m benchmarks.throughput flags --datasets mnist --blocks tconv_k3,resize_nearest
@@ -422,6 +423,11 @@ def _stats(rs, key='ips'):
   return (statistics.median(vals), min(vals), max(vals)) if vals else None
 
 
+def _per_repeat_ratios(a_runs, b_runs) -> list[float]:
+  """a / b images/s within each repeat, where the two ran back to back (slow drifts cancel)."""
+  return [a['ips'] / b['ips'] for a, b in zip(a_runs, b_runs) if 'ips' in a and 'ips' in b]
+
+
 def report(result: dict, args) -> str:
   runs = result['runs']
   peaks = [max(r['jax'], r['torch']) for r in runs.get('peak', []) if 'jax' in r]
@@ -435,7 +441,7 @@ def report(result: dict, args) -> str:
   lines += [f'JAX step with batch_splits as train.py resolves it here (auto): '
             f"{', '.join(map(str, auto)) or '-'}", '']
   head = ('| dataset | block | JAX img/s (min-max) | torch eager | torch.compile | JAX / compile'
-          ' | JAX GFLOP/s | % peak | JAX compile / first step s | compile first step s'
+          ' | per repeat (min-max) | JAX GFLOP/s | % peak | JAX compile / first step s | compile first step s'
           ' | cores busy, JAX / compile |')
   if args.baseline:
     head += ' baseline JAX img/s | speed-up |'
@@ -453,6 +459,9 @@ def report(result: dict, args) -> str:
       gflop = useful_flops(DATASETS[dataset], block, options) / 1e9
       row = [dataset, name, fmt(j), fmt(e), fmt(c)]
       row.append(f'{j[0] / c[0]:.2f}x' if j and c else '-')
+      per_repeat = _per_repeat_ratios(get('jax'), get('torch:compile'))
+      row.append(f'{statistics.median(per_repeat):.2f}x ({min(per_repeat):.2f}-'
+                 f'{max(per_repeat):.2f})' if per_repeat else '-')
       gfs = gflop * j[0] / BATCH if j else float('nan')
       row += [f'{gfs:.0f}', f'{100 * gfs / peak:.0f}%']
       comp, first = _stats(get('jax'), 'compile_s'), _stats(get('jax'), 'first_s')
@@ -720,6 +729,8 @@ def main(argv=None):
                       help='profile: batch parts of the step (0: the config\'s, auto; 1 shows '
                       'per-op costs without the other parts contending)')
   parser.add_argument('--json', default='', help='also write the raw runs here')
+  parser.add_argument('--from_json', default='',
+                      help="print the report of a run saved with --json (the run's own options)")
   parser.add_argument('--root', default=REPO, help=argparse.SUPPRESS)
   parser.add_argument('--dataset', help=argparse.SUPPRESS)
   parser.add_argument('--block', help=argparse.SUPPRESS)
@@ -745,6 +756,12 @@ def main(argv=None):
     text = {'flags': compare_flags, 'profile': profile, 'threads': threads}[args.mode](args)
     print(f'\n## {started}: `python -m benchmarks.throughput {" ".join(sys.argv[1:])}`\n\n'
           + text)
+    return
+  if args.from_json:
+    with open(args.from_json) as f:
+      saved = json.load(f)
+    print(f"\n## {saved['started']}: `python -m benchmarks.throughput` run saved in "
+          f"{args.from_json}, reported again\n\n{report(saved, argparse.Namespace(**saved['args']))}")
     return
   result = drive(args)
   text = report(result, args)

@@ -96,3 +96,22 @@ def test_loop_worker_times_the_bare_step_in_the_same_process():
   assert r['steps'] == 6 and r['bare_ips'] > 0 and r['first_s'] > 0
   assert r['no_first_over_bare'] == pytest.approx(r['ips_no_first'] / r['bare_ips'])
   assert r['steady_over_bare'] == pytest.approx(r['ips_steady'] / r['bare_ips'])
+
+
+def test_report_from_json_pairs_each_repeats_jax_and_torch_compile_runs(tmp_path, capsys):
+  import json
+  from benchmarks import throughput
+  run = lambda ips, **kw: dict(ips=ips, compile_s=1.0, first_s=1.5, cores_busy=1.9, **kw)
+  saved = dict(started='2026-12-07T00:00:00+00:00', args=dict(
+      datasets=['mnist'], blocks=['tconv_k3'], baseline='', compare_malloc=False,
+      compare_splits=[], loop_steps=0), runs={
+          'peak': [dict(jax=100.0, torch=90.0)] * 2,
+          'mnist|tconv_k3|jax': [run(100.0, splits=4), run(200.0, splits=4)],
+          'mnist|tconv_k3|torch:eager': [run(50.0), run(50.0)],
+          'mnist|tconv_k3|torch:compile': [run(50.0), run(400.0)]})
+  path = tmp_path / 'run.json'
+  path.write_text(json.dumps(saved))
+  throughput.main(['--from_json', str(path)])
+  row = next(l for l in capsys.readouterr().out.splitlines() if l.startswith('| mnist'))
+  # Medians 150 / 225 = 0.67x; per repeat 100 / 50 = 2.00x and 200 / 400 = 0.50x.
+  assert '| 0.67x | 1.25x (0.50-2.00) |' in row
