@@ -758,10 +758,15 @@ def main(argv=None):
           + text)
     return
   if args.from_json:
-    with open(args.from_json) as f:
-      saved = json.load(f)
+    try:
+      with open(args.from_json) as f:
+        saved = json.load(f)
+      saved_args = argparse.Namespace(**saved['args'])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise SystemExit(f'throughput: --from_json {args.from_json} is not a run saved with '
+                       f'--json: {type(e).__name__}: {e}') from None
     print(f"\n## {saved['started']}: `python -m benchmarks.throughput` run saved in "
-          f"{args.from_json}, reported again\n\n{report(saved, argparse.Namespace(**saved['args']))}")
+          f"{args.from_json}, reported again\n\n{report(saved, saved_args)}")
     return
   result = drive(args)
   text = report(result, args)

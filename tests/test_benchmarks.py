@@ -115,3 +115,8 @@ def test_report_from_json_pairs_each_repeats_jax_and_torch_compile_runs(tmp_path
   row = next(l for l in capsys.readouterr().out.splitlines() if l.startswith('| mnist'))
   # Medians 150 / 225 = 0.67x; per repeat 100 / 50 = 2.00x and 200 / 400 = 0.50x.
   assert '| 0.67x | 1.25x (0.50-2.00) |' in row
+  (tmp_path / 'other.json').write_text('{"runs": {}}')
+  for bad in (tmp_path / 'missing.json', tmp_path / 'other.json'):
+    with pytest.raises(SystemExit, match='is not a run saved with --json') as info:
+      throughput.main(['--from_json', str(bad)])
+    assert '\n' not in str(info.value)
