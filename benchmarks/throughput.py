@@ -141,6 +141,19 @@ def _jax_setup(dataset: str, block: str, options: dict, impl: str, batch_splits:
   return step, state, images, indices, step_options.get('splits', 1)
 
 
+def run_steps(step, state, images, indices, steps: int):
+  """Runs `steps` train steps (cycling through `indices`) to completion.
+
+  Returns (state, the last step's metrics, wall seconds, process CPU seconds).
+  """
+  import jax
+  t, cpu, metrics = time.perf_counter(), time.process_time(), None
+  for i in range(steps):
+    state, metrics = step(state, images, indices[i % len(indices)])
+  jax.block_until_ready(state)
+  return state, metrics, time.perf_counter() - t, time.process_time() - cpu
+
+
 def jax_worker(dataset, block, options, impl, steps, warmup, batch_splits=0):
   import jax
   step, state, images, indices, splits = _jax_setup(dataset, block, options, impl, batch_splits)
@@ -153,14 +166,8 @@ def jax_worker(dataset, block, options, impl, steps, warmup, batch_splits=0):
   state, _ = step(state, images, indices[0])  # the jit cache holds the compiled step
   jax.block_until_ready(state)
   first_s = compile_s + time.perf_counter() - t
-  for i in range(warmup):
-    state, _ = step(state, images, indices[i % 8])
-  jax.block_until_ready(state)
-  t, cpu = time.perf_counter(), time.process_time()
-  for i in range(steps):
-    state, metrics = step(state, images, indices[i % 8])
-  jax.block_until_ready(state)
-  dt, cpu = time.perf_counter() - t, time.process_time() - cpu
+  state = run_steps(step, state, images, indices, warmup)[0]
+  state, metrics, dt, cpu = run_steps(step, state, images, indices, steps)
   assert math.isfinite(float(metrics['loss']))
   return dict(ips=BATCH * steps / dt, step_ms=1e3 * dt / steps, cores_busy=cpu / dt,
               compile_s=compile_s,
@@ -280,13 +287,12 @@ def loop_worker(steps, data_dir, bare_steps=100, warmup=5):
   process-to-process spread of the step's speed (as large as the gap the target allows).
   """
   import jax
-  import numpy as np
   from configs import mnist
   from decoders import data, training
   config = mnist.get_config()
   with config.unlocked():
-    config.num_steps, config.log_every = steps, min(50, max(steps // 3, 1))
-    config.checkpoint_every, config.eval_every = max(steps // 3, 1), 0
+    config.num_steps, config.eval_every = steps, 0
+    config.log_every, config.checkpoint_every = loop_intervals(steps)
     config.eval.num_val = 1000
     config.data.dir = data_dir
   with tempfile.TemporaryDirectory() as workdir:
@@ -307,19 +313,18 @@ def loop_worker(steps, data_dir, bare_steps=100, warmup=5):
     step_fn, state = run.step_fn(), run.initial_state
     images = jax.device_put(run.dataset.train, run.replicated)
     indices = [run.indices(i) for i in range(bare_steps)]
-    for i in range(warmup):
-      state, _ = step_fn(state, images, indices[i])
-    jax.block_until_ready(state)
-    t = time.perf_counter()
-    for i in range(bare_steps):
-      state, metrics = step_fn(state, images, indices[i])
-    jax.block_until_ready(state)
-    bare = bare_steps * config.batch_size / (time.perf_counter() - t)
-    assert np.isfinite(float(metrics['loss']))
+    state = run_steps(step_fn, state, images, indices, warmup)[0]
+    _, metrics, seconds, _ = run_steps(step_fn, state, images, indices, bare_steps)
+    assert math.isfinite(float(metrics['loss']))
   return dict(ips=summary['images_per_s'], ips_no_first=no_first, ips_steady=steady,
               first_s=summary['first_step_s'], train_s=summary['train_s'], wall_s=wall,
-              steps=steps, bare_ips=bare, no_first_over_bare=no_first / bare,
-              steady_over_bare=steady / bare)
+              steps=steps, bare_ips=bare_steps * config.batch_size / seconds)
+
+
+def loop_intervals(steps: int) -> tuple[int, int]:
+  """(log_every, checkpoint_every) of the benchmark's loop: 3 saves, and log intervals after the
+  first (which holds the compile) even in a short loop."""
+  return min(50, max(steps // 3, 1)), max(steps // 3, 1)
 
 
 def tune_malloc() -> None:
@@ -441,8 +446,8 @@ def report(result: dict, args) -> str:
   lines += [f'JAX step with batch_splits as train.py resolves it here (auto): '
             f"{', '.join(map(str, auto)) or '-'}", '']
   head = ('| dataset | block | JAX img/s (min-max) | torch eager | torch.compile | JAX / compile'
-          ' | per repeat (min-max) | JAX GFLOP/s | % peak | JAX compile / first step s | compile first step s'
-          ' | cores busy, JAX / compile |')
+          ' | per repeat (min-max) | JAX GFLOP/s | % peak | JAX compile / first step s'
+          ' | compile first step s | cores busy, JAX / compile |')
   if args.baseline:
     head += ' baseline JAX img/s | speed-up |'
   if args.compare_malloc:
@@ -483,9 +488,9 @@ def report(result: dict, args) -> str:
     loop = [_stats(runs['loop'], key) for key in ('ips', 'ips_no_first', 'ips_steady')]
     bare = _stats(runs.get('mnist|tconv_k3|jax', []))
     ratio = lambda s: f' = {s[0] / bare[0]:.2f} x bare' if s and bare else ''
+    log_every, checkpoint_every = loop_intervals(args.loop_steps)
     lines += ['', f"Full loop (train_and_evaluate on MNIST, tconv k3, {args.loop_steps} steps, "
-              f"checkpoint every {max(args.loop_steps // 3, 1)}, "
-              f"log every {min(50, max(args.loop_steps // 3, 1))}, 1000 val images)"
+              f"checkpoint every {checkpoint_every}, log every {log_every}, 1000 val images)"
               f", img/s; bare step {fmt(bare)}:", '',
               f"- train_summary.json images_per_s (compile, step-0 eval, checkpoints included): "
               f"{fmt(loop[0])}{ratio(loop[0])}",
@@ -494,14 +499,15 @@ def report(result: dict, args) -> str:
               f"{fmt(loop[2])}{ratio(loop[2])}",
               '- first step (compile + run) s: '
               + ', '.join(f"{r['first_s']:.2f}" for r in runs['loop'] if 'first_s' in r)]
-    paired = [_stats(runs['loop'], key) for key in ('bare_ips', 'no_first_over_bare',
-                                                      'steady_over_bare')]
-    if all(paired):
+    own = [r for r in runs['loop'] if 'bare_ips' in r]  # runs before 2026-12-07 17:55 lack it
+    if own:
+      ratios = [_stats([{'x': r[key] / r['bare_ips']} for r in own], 'x')
+                for key in ('ips_no_first', 'ips_steady')]
       lines.append(
-          f"- against the bare step timed after the loop in the same process ({fmt(paired[0])} "
-          f"img/s), median (min-max) of the per-process ratios: without the first step "
-          f"{paired[1][0]:.2f}x ({paired[1][1]:.2f}-{paired[1][2]:.2f}), steady state "
-          f"{paired[2][0]:.2f}x ({paired[2][1]:.2f}-{paired[2][2]:.2f})")
+          f"- against the bare step timed after the loop in the same process "
+          f"({fmt(_stats(own, 'bare_ips'))} img/s), median (min-max) of the per-process ratios: "
+          f"without the first step {ratios[0][0]:.2f}x ({ratios[0][1]:.2f}-{ratios[0][2]:.2f}), "
+          f"steady state {ratios[1][0]:.2f}x ({ratios[1][1]:.2f}-{ratios[1][2]:.2f})")
   failed = [(k, r['err']) for k, rs in runs.items() for r in rs if 'err' in r]
   for k, err in failed:
     lines.append(f'\nFAILED {k}: {err}')
@@ -558,16 +564,9 @@ def profile_worker(dataset, block, options, impl, steps=10, top=12, batch_splits
     if m:
       meta = re.search(r'op_name="([^"]+)"', line)
       info[m.group(1)] = (m.group(2).split('{')[0], meta.group(1) if meta else '')
-  for i in range(3):
-    state, _ = step(state, images, indices[i])
-  jax.block_until_ready(state)
-  def timed_steps(state=state):
-    t = time.perf_counter()
-    for i in range(steps):
-      state, _ = step(state, images, indices[i % 8])
-    jax.block_until_ready(state)
-    return (time.perf_counter() - t) / steps
-  wall, trace = traced(timed_steps)
+  state = run_steps(step, state, images, indices, 3)[0]
+  timed, trace = traced(lambda: run_steps(step, state, images, indices, steps))
+  wall = timed[2] / steps
   per_op = collections.Counter()
   for plane in trace.planes:
     for line in plane.lines:
