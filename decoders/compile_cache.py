@@ -11,12 +11,18 @@ machine's and, on a mismatch, logs an error and compiles afresh.
 JAX's own variable decides: with JAX_COMPILATION_CACHE_DIR set, to a folder or to nothing (no
 cache), nothing here changes it; unset, the cache lives in $XDG_CACHE_HOME/decoders/jax
 (~/.cache/decoders/jax), as long as that folder can be created.
+
+Every program is kept, not only those that took JAX's default of 1 s to compile: a run also
+compiles about twenty small ones (init, eval, metrics, figures), 1-3 s together on a 2-core CPU
+that a warm cache then loads in a fraction of that (BENCHMARKS.md, "Compilation cache").
+JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS, when set, decides instead.
 """
 from __future__ import annotations
 
 import os
 
 ENV = 'JAX_COMPILATION_CACHE_DIR'
+MIN_COMPILE_TIME_ENV = 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'
 
 
 def default_dir() -> str:
@@ -26,13 +32,16 @@ def default_dir() -> str:
 
 def enable() -> str | None:
   """Turns the cache on (unless JAX_COMPILATION_CACHE_DIR says otherwise); returns its folder."""
-  if ENV in os.environ:  # JAX read it at import: an empty value means no cache
-    return os.environ[ENV] or None
-  path = default_dir()
-  try:
-    os.makedirs(path, exist_ok=True)
-  except OSError:  # a read-only home: run without the cache rather than fail
-    return None
   import jax
-  jax.config.update('jax_compilation_cache_dir', path)
+  if ENV in os.environ:  # JAX read it at import: an empty value means no cache
+    path = os.environ[ENV] or None
+  else:
+    path = default_dir()
+    try:
+      os.makedirs(path, exist_ok=True)
+    except OSError:  # a read-only home: run without the cache rather than fail
+      return None
+    jax.config.update('jax_compilation_cache_dir', path)
+  if path is not None and MIN_COMPILE_TIME_ENV not in os.environ:
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   return path

@@ -15,6 +15,7 @@ differently in a different batch size). Metric names are the module constants be
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -100,36 +101,60 @@ _sample_jit = jax.jit(lambda graphdef, state, key, num: nnx.merge(graphdef, stat
 
 def _run(model, images: jax.Array, batch_size: int, likelihood_std: float):
   """Reconstructs a whole split: (recon (n, H, W, C) float32, {name: float64 per-example (n,)})."""
-  if images.shape[0] == 0:
+  n = images.shape[0]
+  if n == 0:
     raise ValueError('cannot evaluate an empty split (0 images)')
   graphdef, state = nnx.split(model)
   std = jnp.float32(likelihood_std)
-  recons, values, masks = [], [], []
-  for batch, mask in data.eval_batches(images, batch_size):
+  recons, values = [], []
+  for batch, _ in data.eval_batches(images, batch_size):  # only the last batch is padded, at its end
     recon, batch_values = _eval_step_jit(graphdef, state, batch, std)
     recons.append(recon)
     values.append(batch_values)
-    masks.append(mask)
-  keep = np.asarray(jnp.concatenate(masks)) > 0  # padded rows of the last batch are dropped here
-  recon = jnp.concatenate(recons)[keep]
-  per_example = {k: np.asarray(jnp.concatenate([v[k] for v in values]), np.float64)[keep]
+  per_example = {k: np.concatenate([np.asarray(v[k]) for v in values])[:n].astype(np.float64)
                  for k in values[0]}
-  return recon, per_example
+  return _first_rows(tuple(recons), n), per_example
 
 
-# Jitted whole: 3x faster than op-by-op on 10000 images and faster to compile (measured, CPU).
-_score_arrays = jax.jit(lambda images, stride: (spectral.checkerboard_score(images, stride),
-                                                spectral.aliasing_scores(images, stride)),
-                        static_argnums=1)
-_spectral_error = jax.jit(lambda generated, real: spectral.spectral_error(generated, real)[1])
+# The result paths run as a few jitted programs, not op by op: each eager jnp op would compile a
+# program of its own (about 30 per run, 2-5 s on a 2-core CPU), and the persistent compilation
+# cache (decoders/compile_cache.py) can then keep every one of them.
+_first_rows = jax.jit(lambda parts, n: jnp.concatenate(parts)[:n], static_argnums=1)
+_unit_float = jax.jit(lambda images: images.astype(jnp.float32) / 255.0)
 
 
-def _scores(images: jax.Array, stride: int) -> dict[str, float]:
-  """checkerboard_score and alias_<name> of one image set."""
-  checkerboard, alias = _score_arrays(images, stride)
-  alias = np.asarray(alias)
-  return {CHECKERBOARD: float(checkerboard),
-          **{key: float(alias[kl]) for kl, key in alias_keys(stride).items()}}
+def _as_real(images: jax.Array, like: jax.Array) -> jax.Array:
+  """uint8 images as float32 in [0, 1], placed like `like` (the reconstructions).
+
+  The split is sharded over the mesh and the reconstructions are not; with the same placement
+  the jitted spectral programs below compile once for both instead of once each.
+  """
+  return jax.device_put(_unit_float(images), like.sharding)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _spectral_arrays(generated: jax.Array, real: jax.Array, stride: int):
+  """Checkerboard and aliasing scores of both sets, their dB ratios and the spectral error."""
+  def scores(images):
+    return jnp.concatenate([spectral.checkerboard_score(images, stride)[None],
+                            spectral.aliasing_scores(images, stride).ravel()])
+  ours, theirs = scores(generated), scores(real)
+  return (ours, theirs, spectral.relative_db(ours, theirs),
+          spectral.spectral_error(generated, real)[1])
+
+
+def _spectral_metrics(generated: jax.Array, real: jax.Array, stride: int,
+                      ) -> tuple[dict[str, float], dict[str, float], dict[str, float], float]:
+  """({name: score} of generated, of real, {name: dB of generated vs real}, spectral error).
+
+  Names: CHECKERBOARD and alias_<name> per aliasing frequency of `stride`.
+  """
+  arrays = jax.device_get(_spectral_arrays(generated, real, stride))
+  s = int(stride)
+  # Entry 0 is the checkerboard score; then aliasing_scores raveled: (k, l) is entry 1 + k s + l.
+  index = {CHECKERBOARD: 0, **{key: 1 + k * s + l for (k, l), key in alias_keys(s).items()}}
+  ours, theirs, db = ({name: float(a[i]) for name, i in index.items()} for a in arrays[:3])
+  return ours, theirs, db, float(arrays[3])
 
 
 def _db_name(name: str) -> str:
@@ -172,24 +197,24 @@ def evaluate_with_reconstructions(model, images: jax.Array, *, batch_size: int, 
   mse = float(per_example['sse'].sum() / (n * math.prod(images.shape[1:])))
   metrics = {N: float(n), MSE: mse, PSNR: psnr_from_mse(mse),
              SSIM: float(per_example[SSIM].sum() / n)}
-  real = images.astype(jnp.float32) / 255.0
-  data_scores = _scores(real, stride)
-  for name, score in _scores(recon, stride).items():
+  real = _as_real(images, recon)
+  scores, data_scores, db, error = _spectral_metrics(recon, real, stride)
+  for name, score in scores.items():
     metrics[name] = score
     metrics[name + DATA_SUFFIX] = data_scores[name]
-    metrics[_db_name(name)] = float(spectral.relative_db(score, data_scores[name]))
-  metrics[SPECTRAL_ERROR] = float(_spectral_error(recon, real))
+    metrics[_db_name(name)] = db[name]
+  metrics[SPECTRAL_ERROR] = error
   if model.kind == 'vae':
     metrics[ELBO] = float(per_example[ELBO].sum() / n)
     if num_samples > 0:
       graphdef, state = nnx.split(model)
       samples = _sample_jit(graphdef, state, jax.random.key(sample_seed), int(num_samples))
-      sample_scores = _scores(samples, stride)
+      sample_scores, _, sample_db, sample_error = _spectral_metrics(
+          samples, jax.device_put(real, samples.sharding), stride)
       metrics[SAMPLE_CHECKERBOARD] = sample_scores[CHECKERBOARD]
-      for name, score in sample_scores.items():
-        metrics[SAMPLE_PREFIX + _db_name(name)] = float(
-            spectral.relative_db(score, data_scores[name]))
-      metrics[SAMPLE_SPECTRAL_ERROR] = float(_spectral_error(samples, real))
+      for name in sample_scores:
+        metrics[SAMPLE_PREFIX + _db_name(name)] = sample_db[name]
+      metrics[SAMPLE_SPECTRAL_ERROR] = sample_error
   return metrics, recon
 
 
@@ -205,9 +230,16 @@ def reconstructions(model, images: jax.Array, *, batch_size: int, num: int,
 # ----------------------------------------------------------------------------------------------
 # Figures.
 
-_power_spectrum = jax.jit(spectral.power_spectrum)
-_radial_spectrum = jax.jit(spectral.radial_spectrum, static_argnums=1)
-_spectral_error_per_bin = jax.jit(spectral.spectral_error, static_argnums=2)
+@functools.partial(jax.jit, static_argnums=2)
+def _figure_arrays(recon: jax.Array, real: jax.Array, num_images: int) -> dict:
+  """Everything the figures draw, as one program (XLA computes each set's spectrum once)."""
+  centres, radial_recon = spectral.radial_spectrum(recon)
+  per_bin, summary = spectral.spectral_error(recon, real)
+  return dict(power_recon=spectral.power_spectrum(recon), power_real=spectral.power_spectrum(real),
+              power_residual=spectral.power_spectrum(recon - real), centres=centres,
+              radial_recon=radial_recon, radial_real=spectral.radial_spectrum(real)[1],
+              per_bin=per_bin, summary=summary, originals=real[:num_images],
+              reconstructions=recon[:num_images])
 
 
 def image_grid(images: np.ndarray, cols: int, pad: int = 1) -> np.ndarray:
@@ -244,12 +276,13 @@ def _shifted_extent(h: int, w: int) -> tuple[float, float, float, float]:
           (h - h // 2 - 0.5) / h, (-(h // 2) - 0.5) / h)
 
 
-def _fig_spectra(recon, real, stride: int, title: str, out_dir: str) -> str:
+def _fig_spectra(arrays: dict, stride: int, title: str, out_dir: str) -> str:
   """log10 power spectra (fftshifted, DC centred) of recon, data and recon - data."""
-  panels = [('reconstructions', recon), ('data', real), ('residual: recon - data', recon - real)]
+  panels = [('reconstructions', arrays['power_recon']), ('data', arrays['power_real']),
+            ('residual: recon - data', arrays['power_residual'])]
   logs = []
-  for _, x in panels:
-    p = np.fft.fftshift(np.asarray(_power_spectrum(x), np.float64))
+  for _, power in panels:
+    p = np.fft.fftshift(np.asarray(power, np.float64))
     p[p.shape[0] // 2, p.shape[1] // 2] = np.nan  # DC: only rounding after mean removal; blank
     logs.append(np.log10(np.maximum(p, 1e-30)))
   lims = [(np.nanmin(p), np.nanmax(p)) for p in logs]
@@ -271,17 +304,14 @@ def _fig_spectra(recon, real, stride: int, title: str, out_dir: str) -> str:
   return _save(fig, out_dir, 'spectra.png')
 
 
-def _fig_radial(recon, real, title: str, out_dir: str) -> str:
+def _fig_radial(arrays: dict, title: str, out_dir: str) -> str:
   """Radial spectra of recon vs data (log y) and the per-bin spectral error."""
-  num_bins = math.ceil(max(real.shape[1:3]) / math.sqrt(2))  # spectral's default bin count
-  centres, power_recon = _radial_spectrum(recon, num_bins)
-  _, power_real = _radial_spectrum(real, num_bins)
-  per_bin, summary = _spectral_error_per_bin(recon, real, num_bins)
   # Bins without data power (the first holds only the dropped DC) are blanked, not drawn as 0.
-  empty = np.asarray(power_real) <= 0
-  centres = np.asarray(centres)
-  power_recon, power_real, per_bin = (np.where(empty, np.nan, np.asarray(a))
-                                      for a in (power_recon, power_real, per_bin))
+  empty = arrays['radial_real'] <= 0
+  centres = arrays['centres']
+  power_recon, power_real, per_bin = (np.where(empty, np.nan, arrays[k])
+                                      for k in ('radial_recon', 'radial_real', 'per_bin'))
+  summary = arrays['summary']
   fig = Figure(figsize=(11, 4), dpi=DPI, layout='constrained')
   left, right = fig.subplots(1, 2)
   left.semilogy(centres, power_recon, marker='.', label='reconstructions')
@@ -325,12 +355,12 @@ def save_figures(model, images: jax.Array, metrics: dict[str, float], out_dir: s
     raise ValueError(f'reconstructions of shape {reconstructions.shape} do not match the '
                      f'images, {images.shape}')
   recon = reconstructions
-  real = images.astype(jnp.float32) / 255.0
+  arrays = jax.device_get(_figure_arrays(recon, _as_real(images, recon), num_images))
   paths = [
-      _fig_spectra(recon, real, stride, f'{title}   checkerboard '
+      _fig_spectra(arrays, stride, f'{title}   checkerboard '
                    f'{metrics[CHECKERBOARD_DB]:+.1f} dB vs data', out_dir),
-      _fig_radial(recon, real, title, out_dir)]
-  originals, recon = np.asarray(real[:num_images]), np.asarray(recon[:num_images])
+      _fig_radial(arrays, title, out_dir)]
+  originals, recon = arrays['originals'], arrays['reconstructions']
   cols = math.ceil(math.sqrt(len(originals)))
   # Row pairs: `cols` originals, then their reconstructions right below them.
   pairs = [x for i in range(0, len(originals), cols)

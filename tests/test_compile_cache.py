@@ -2,6 +2,7 @@
 import os
 import subprocess
 
+import jax
 import numpy as np
 
 from decoders import compile_cache
@@ -15,6 +16,27 @@ def test_jax_variable_decides_when_set(monkeypatch):
   assert compile_cache.enable() is None
 
 
+def test_every_program_is_kept_unless_jax_variable_says(monkeypatch):
+  key = 'jax_persistent_cache_min_compile_time_secs'
+  before = getattr(jax.config, key)
+  try:
+    monkeypatch.setenv(compile_cache.ENV, '/somewhere/else')
+    monkeypatch.delenv(compile_cache.MIN_COMPILE_TIME_ENV, raising=False)
+    jax.config.update(key, 1.0)  # JAX's default
+    compile_cache.enable()
+    assert getattr(jax.config, key) == 0.0
+    monkeypatch.setenv(compile_cache.MIN_COMPILE_TIME_ENV, '2')
+    jax.config.update(key, 2.0)  # what JAX read from the variable at import
+    compile_cache.enable()
+    assert getattr(jax.config, key) == 2.0
+    monkeypatch.setenv(compile_cache.ENV, '')  # no cache: nothing to tune
+    monkeypatch.delenv(compile_cache.MIN_COMPILE_TIME_ENV)
+    compile_cache.enable()
+    assert getattr(jax.config, key) == 2.0
+  finally:
+    jax.config.update(key, before)
+
+
 def test_default_folder_follows_xdg(monkeypatch, tmp_path):
   monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
   assert compile_cache.default_dir() == str(tmp_path / 'decoders' / 'jax')
@@ -24,9 +46,7 @@ def test_warm_cache_loads_programs_and_changes_nothing(tmp_path):
   """With the variable unset train.py fills the default folder; a second run loads from it."""
   env = {k: v for k, v in ENV.items() if k != compile_cache.ENV}
   env['XDG_CACHE_HOME'] = str(tmp_path / 'xdg')
-  # Every program cached, not only those compiled in over 1 s (JAX's default): with the default a
-  # program near 1 s could be written in one run and not the other, depending on load.
-  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  env.pop(compile_cache.MIN_COMPILE_TIME_ENV, None)  # the default: every program is kept
   cache = tmp_path / 'xdg' / 'decoders' / 'jax'
   runs = []
   for name in ('cold', 'warm'):
@@ -39,6 +59,8 @@ def test_warm_cache_loads_programs_and_changes_nothing(tmp_path):
     if name == 'cold':
       entries = sorted(os.listdir(cache))
       assert any(e.startswith('jit_train_step') for e in entries), entries
+      # Small programs too (JAX's default keeps only those compiled in over 1 s).
+      assert any(e.startswith('jit__spectral_arrays') for e in entries), entries
   assert sorted(os.listdir(cache)) == entries  # the warm run compiled nothing new
   (step_a, a), (step_b, b) = runs
   assert step_a == step_b == 3
