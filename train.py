@@ -28,7 +28,12 @@ def main(argv):
   compile_cache.enable()  # a rerun or resume loads its compiled programs from disk
   if config.multihost:
     import jax
-    jax.distributed.initialize()
+    try:
+      jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:  # no coordinator found, or it did not answer
+      cli.fail(f'--config.multihost=True: jax.distributed.initialize() failed: {e} (on Cloud '
+               'TPU and Slurm it reads the coordinator from the environment; elsewhere set '
+               'JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)')
   from decoders import training  # imported after flags: keeps `--help` fast
   from decoders.data import DataError
   logging.set_verbosity(logging.WARNING)

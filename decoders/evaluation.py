@@ -46,8 +46,8 @@ DATA_SUFFIX, DB_SUFFIX, SAMPLE_PREFIX = '_data', '_db', 'sample_'
 
 MSE_FLOOR = 1e-10  # PSNR of an exact reconstruction: 10 log10(1 / 1e-10) = 100 dB
 PSNR_CAP = 10 * math.log10(1 / MSE_FLOOR)
-TABLE_COLUMNS = ('workdir', 'dataset', 'upsample', 'seed', 'step', PSNR, SSIM, CHECKERBOARD_DB,
-                 'alias_diagonal_db', SPECTRAL_ERROR)
+TABLE_COLUMNS = ('workdir', 'dataset', 'kind', 'upsample', 'seed', 'step', PSNR, SSIM,
+                 CHECKERBOARD_DB, 'alias_diagonal_db', SPECTRAL_ERROR)
 TABLE_FORMATS = {PSNR: '.2f', SSIM: '.4f', CHECKERBOARD_DB: '+.2f', 'alias_diagonal_db': '+.2f',
                  SPECTRAL_ERROR: '.4f'}
 DPI = 120
@@ -408,7 +408,7 @@ def comparison_table(records: list[dict]) -> str:
       return format(value, TABLE_FORMATS.get(column, '.4g'))
     return '' if value is None else str(value)
   lines = ['| ' + ' | '.join(TABLE_COLUMNS) + ' |',
-           '|' + '|'.join('---' if c in ('workdir', 'dataset', 'upsample') else '---:'
+           '|' + '|'.join('---' if c in ('workdir', 'dataset', 'kind', 'upsample') else '---:'
                           for c in TABLE_COLUMNS) + '|']
   lines += ['| ' + ' | '.join(cell(r, c) for c in TABLE_COLUMNS) + ' |' for r in records]
   return '\n'.join(lines)

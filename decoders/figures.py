@@ -17,7 +17,7 @@ from absl import app, flags, logging
 from matplotlib import colors
 from matplotlib.figure import Figure  # not pyplot: no global backend or figure state (Agg canvas)
 
-from decoders import ops, sweep_figures
+from decoders import cli, ops, sweep_figures
 
 DPI = 120
 # The lecture's inputs (its outputs are what the tests check the computed arrays against).
@@ -238,6 +238,13 @@ def select_figures(names=None, sweep_dir: str | None = None) -> list[str]:
   needs_sweep = [n for n in names if n in SWEEP_FIGURES]
   if needs_sweep and sweep_dir is None:
     raise ValueError(f'{", ".join(needs_sweep)} need --sweep_dir')
+  if needs_sweep:
+    missing = [f for f in ('points.json', 'results.csv')
+               if not os.path.isfile(os.path.join(sweep_dir, f))]
+    if missing:
+      raise ValueError(f'--sweep_dir={sweep_dir} holds no {" or ".join(missing)}: not a sweep '
+                       'directory, or its sweep has not finished (python -m decoders.sweep '
+                       'writes them)')
   return list(names)
 
 
@@ -278,4 +285,4 @@ if __name__ == '__main__':
   flags.DEFINE_string('out', 'figures', 'Directory the PNGs are written to (created).')
   flags.DEFINE_string('only', None, 'Comma-separated figure names (default: all).')
   flags.DEFINE_string('sweep_dir', None, 'A finished sweep directory, for the sweep figures.')
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser)

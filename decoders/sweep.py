@@ -116,15 +116,25 @@ def commands(point: dict, workdir: str) -> list[list[str]]:
   return [train, [sys.executable, 'eval.py', f'--workdir={workdir}']]
 
 
-def is_finished(workdir: str) -> bool:
-  """eval.json exists and was made from the run's final step."""
+def requested_config(point: dict) -> dict:
+  """The config the point asks for, as train.py writes it to config.json."""
+  return json.loads(apply_overrides(base_config(point), point).to_json())
+
+
+def is_finished(point: dict, workdir: str) -> bool:
+  """The workdir holds this point's run (config.json = the config the point asks for) and its
+  eval.json of the test split at the run's final step."""
   try:
     with open(os.path.join(workdir, 'eval.json')) as f:
-      evaluated = json.load(f)['step']
+      evaluated = json.load(f)
     with open(os.path.join(workdir, 'config.json')) as f:
-      return evaluated == json.load(f)['num_steps']
-  except (OSError, ValueError, KeyError):
+      config = json.load(f)
+  except (OSError, ValueError):
     return False
+  # A changed sweep file or an eval.py --split=val leave a run that is not this point's result:
+  # the point runs again (train.py refuses a different config in sweep.log; eval.py rewrites).
+  return (config == requested_config(point) and evaluated.get('split') == 'test'
+          and evaluated.get('step') == config.get('num_steps'))
 
 
 class _Stop:
@@ -172,31 +182,45 @@ def run_point(point: dict, workdir: str, stop: _Stop) -> tuple[str, float]:
     return 'stopped', 0.0
   os.makedirs(workdir, exist_ok=True)
   start = time.perf_counter()
+  try:
+    status = _run_commands(point, workdir, stop)
+  finally:  # every attempt's time counts, a stopped, failed or interrupted one's too
+    seconds = time.perf_counter() - start
+    _add_wall_seconds(workdir, seconds)
+  return status, seconds
+
+
+def _run_commands(point: dict, workdir: str, stop: _Stop) -> str:
+  """train.py, then eval.py, of one point; returns 'done', 'stopped' or 'failed (...)'."""
   with open(os.path.join(workdir, 'sweep.log'), 'a') as log:
     for command in commands(point, workdir):
       log.write('$ ' + shlex.join(command) + '\n')
       log.flush()
       process = stop.start(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
       if process is None:
-        return 'stopped', 0.0
+        return 'stopped'
       try:
         code = process.wait()
       finally:
         stop.finished(process)
       if code and stop.received:
-        return 'stopped', 0.0
+        return 'stopped'
       if code:
-        return f'failed (exit {code}, see {os.path.join(workdir, "sweep.log")})', 0.0
-  seconds = time.perf_counter() - start
+        return f'failed (exit {code}, see {os.path.join(workdir, "sweep.log")})'
+  return 'done'
+
+
+def _add_wall_seconds(workdir: str, seconds: float) -> None:
+  """Adds `seconds` to the point's WALL_FILE (written atomically)."""
   path = os.path.join(workdir, WALL_FILE)
-  try:  # an interrupted earlier attempt's time counts too
+  try:
     with open(path) as f:
       before = float(json.load(f)['wall_s'])
   except (OSError, ValueError, KeyError, TypeError):
     before = 0.0
-  with open(path, 'w') as f:
+  with open(path + '.tmp', 'w') as f:
     json.dump({'wall_s': before + seconds}, f)
-  return 'done', seconds
+  os.replace(path + '.tmp', path)
 
 
 class SweepStopped(Exception):
@@ -212,7 +236,7 @@ def run_sweep(points: list[dict], sweep_dir: str, *, jobs: int) -> list[str]:
 
   Raises SweepStopped on SIGINT / SIGTERM once the running points have saved and exited.
   """
-  todo = [p for p in points if not is_finished(os.path.join(sweep_dir, p['name']))]
+  todo = [p for p in points if not is_finished(p, os.path.join(sweep_dir, p['name']))]
   print(f'{len(points)} points, {len(points) - len(todo)} already finished, {len(todo)} to run',
         file=sys.stderr)
   failures, done = [], 0
@@ -228,7 +252,7 @@ def run_sweep(points: list[dict], sweep_dir: str, *, jobs: int) -> list[str]:
         done += status == 'done'
         if status not in ('done', 'stopped'):
           failures.append(f'{name}: {status}')
-        bar.set_postfix_str(f'{name}: {status}' + (f' in {seconds:.0f}s' if seconds else ''))
+        bar.set_postfix_str(f'{name}: {status} in {seconds:.0f}s')
         bar.update()
   finally:
     stop.signals.restore()
@@ -250,6 +274,8 @@ def _read(workdir: str) -> dict:
         sources[kind] = json.load(f)
     except (OSError, ValueError):
       sources[kind] = {}
+  if sources['eval'].get('split') != 'test':  # an eval.py --split=val: not the test columns
+    sources['eval'] = {}
   sources['init'] = {}
   try:
     with open(os.path.join(workdir, 'metrics.jsonl')) as f:
@@ -313,27 +339,30 @@ def main(argv):
     points = load_sweep(FLAGS.sweep)
   except SweepError as e:
     cli.fail(str(e))
+  # Absolute: the points' train.py and eval.py run in the repository root, not in this directory.
+  sweep_dir = os.path.abspath(FLAGS.workdir)
   if FLAGS.dry_run:
     for point in points:
-      workdir = os.path.join(FLAGS.workdir, point['name'])
-      print(' && '.join(shlex.join(['python'] + c[1:]) for c in commands(point, workdir)))
+      workdir = os.path.join(sweep_dir, point['name'])
+      print(f'cd {shlex.quote(ROOT)} && ' + ' && '.join(
+          shlex.join(['python'] + c[1:]) for c in commands(point, workdir)))
     return
   try:
-    os.makedirs(FLAGS.workdir, exist_ok=True)
+    os.makedirs(sweep_dir, exist_ok=True)
   except OSError as e:
     cli.fail(f'cannot create {FLAGS.workdir}: {e.strerror}')
-  with open(os.path.join(FLAGS.workdir, 'points.json'), 'w') as f:  # for decoders.figures
+  with open(os.path.join(sweep_dir, 'points.json'), 'w') as f:  # for decoders.figures
     json.dump([{'name': p['name'], 'group': p.get('group', p['name'])} for p in points], f,
               indent=1)
   try:
-    failures = run_sweep(points, FLAGS.workdir, jobs=FLAGS.jobs)
+    failures = run_sweep(points, sweep_dir, jobs=FLAGS.jobs)
   except SweepStopped as e:
     cli.fail(str(e), 128 + e.signum)
   except KeyboardInterrupt:  # a second Ctrl-C
     cli.fail('interrupted; run the same command again to resume', 130)
-  rows = aggregate(points, FLAGS.workdir)
+  rows = aggregate(points, sweep_dir)
   print(markdown_table(rows))
-  print(f'wrote {os.path.join(FLAGS.workdir, "results.md")} and results.csv', file=sys.stderr)
+  print(f'wrote {os.path.join(sweep_dir, "results.md")} and results.csv', file=sys.stderr)
   if failures:
     cli.fail(f'{len(failures)} point(s) failed: ' + '; '.join(failures), code=1)
 

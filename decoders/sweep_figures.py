@@ -66,9 +66,12 @@ def _reconstruct(model, images):
 
 
 def fig_ablation_chart(sweep_dir: str, out_dir: str) -> str:
-  """PSNR against trained checkerboard dB (vs the data), mean and std over seeds, per block."""
+  """PSNR against the trained diagonal-alias dB (vs the data), mean and std over seeds, per group.
+
+  A group none of whose points finished (no dataset in results.csv) is left out.
+  """
   with open(os.path.join(sweep_dir, 'results.csv')) as f:
-    rows = list(csv.DictReader(f))
+    rows = [r for r in csv.DictReader(f) if r['dataset']]
   datasets = sorted({r['dataset'] for r in rows})
   fig = Figure(figsize=(6 * len(datasets), 4.5))
   for i, dataset in enumerate(datasets):

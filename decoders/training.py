@@ -5,6 +5,8 @@ One run = one process, one config, one workdir; the workdir alone rebuilds the r
   workdir/config.json       the config, written first
   workdir/checkpoints/      orbax steps (restored newest-valid-first)
   workdir/metrics.jsonl     one JSON line per log step (and eval)
+  workdir/train_timing.json training seconds up to the last checkpoint, for a resumed run's summary
+  workdir/train_summary.json  training seconds and images/s over all attempts, at the end
   workdir/events.*          TensorBoard (tensorboardX)
   workdir/figures/          reconstruction grid (and prior samples for a vae) at the end
 """
@@ -30,8 +32,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from decoders import checkpoint, data, models, stop_signals
 from decoders import metrics_io
 
-# Keys whose change does not change what a run computes: resuming a workdir with these changed is
-# allowed. num_steps joins them only under a constant schedule (cosine decays to 0 at num_steps).
+# Keys whose change leaves the run's mathematics as they were: resuming a workdir with these
+# changed is allowed. batch_splits changes the order of float32 sums, so a resume with another
+# value is equal to float tolerance, not bit for bit. num_steps joins them only under a constant
+# schedule whose warmup ended before both the old and the new num_steps (the warmup is cut short
+# in runs shorter than it, and cosine decays to 0 at num_steps).
 RESUMABLE_KEYS = ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints',
                   'eval.num_val', 'eval.batch_size', 'eval.num_images', 'data.dir',
                   'batch_splits')
@@ -70,7 +75,15 @@ def validate_config(config) -> None:
        f"lr_schedule must be 'cosine' or 'constant', got {config.lr_schedule!r}"),
       (config.model.likelihood_std > 0,
        f'model.likelihood_std must be > 0, got {config.model.likelihood_std}'),
+      (config.seed >= 0, f'seed must be >= 0, got {config.seed}'),
+      (config.data.split_seed >= 0, f'data.split_seed must be >= 0, got {config.data.split_seed}'),
+      (config.data.val_size >= 1, f'data.val_size must be >= 1 to train (the evals during '
+       f'training use the val split), got {config.data.val_size}'),
+      (config.eval.num_val >= 1, f'eval.num_val must be >= 1, got {config.eval.num_val}'),
       (config.eval.batch_size >= 1, f'eval.batch_size must be >= 1, got {config.eval.batch_size}'),
+      (config.eval.num_images >= 1, f'eval.num_images must be >= 1, got {config.eval.num_images}'),
+      (config.eval.spectral_stride >= 2,
+       f'eval.spectral_stride must be >= 2, got {config.eval.spectral_stride}'),
       (config.model.impl in ('auto', 'reference', 'polyphase'),
        f"model.impl must be 'auto', 'reference' or 'polyphase', got {config.model.impl!r}"),
   ]
@@ -78,6 +91,10 @@ def validate_config(config) -> None:
     if not ok:
       raise RunError(message)
   devices = jax.device_count()
+  shape = data.IMAGE_SHAPES.get(config.dataset)
+  if shape and config.eval.spectral_stride > min(shape[:2]):
+    raise RunError(f'eval.spectral_stride={config.eval.spectral_stride} exceeds the '
+                   f'{config.dataset} image size {shape[0]}x{shape[1]}')
   if config.batch_size % devices:
     raise RunError(f'batch_size={config.batch_size} must be divisible by the {devices} devices')
   splits = config.get('batch_splits', 0)
@@ -132,7 +149,9 @@ def check_workdir(workdir: str, config, *, overwrite: bool) -> None:
     raise RunError(f'{path} exists but cannot be read ({e}); use another --workdir') from e
   new = _flatten(json.loads(config.to_json()))
   changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-  resumable = RESUMABLE_KEYS + (('num_steps',) if config.lr_schedule == 'constant' else ())
+  steps_ok = (config.lr_schedule == old.get('lr_schedule') == 'constant'
+              and min(old.get('num_steps', 0), config.num_steps) > config.warmup_steps)
+  resumable = RESUMABLE_KEYS + (('num_steps',) if steps_ok else ())
   different = [k for k in changed if k not in resumable]
   if different and not overwrite:
     shown = ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in different[:4])
@@ -178,14 +197,16 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 def make_optimizer(config) -> optax.GradientTransformation:
   """Adam with linear warmup, then cosine decay to 0 at num_steps (or constant)."""
-  warmup = min(config.warmup_steps, config.num_steps - 1)
+  warmup = max(min(config.warmup_steps, config.num_steps - 1), 0)
   if config.lr_schedule == 'cosine':
-    schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, max(warmup, 0),
+    schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup,
                                                   config.num_steps)
+  elif warmup == 0:  # step 0 at the full rate, as under cosine
+    schedule = optax.constant_schedule(config.learning_rate)
   else:
     schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, config.learning_rate, max(warmup, 1)),
-         optax.constant_schedule(config.learning_rate)], [max(warmup, 1)])
+        [optax.linear_schedule(0.0, config.learning_rate, warmup),
+         optax.constant_schedule(config.learning_rate)], [warmup])
   return optax.adam(schedule)
 
 
@@ -355,19 +376,29 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
   from decoders import evaluation  # the one eval path; imported here to keep startup light
   validate_config(config)
   check_workdir(workdir, config, overwrite=overwrite)
-  # Data and model first: user errors surface before anything is written.
+  # Data, model and checkpoint first: user errors surface before anything is written (a run's
+  # config.json changes only once its checkpoint has restored under the new config).
   run = Run(config, workdir, data.build_dataset(config))
-  write_config(workdir, config)
+  new_run = not os.path.exists(os.path.join(workdir, 'config.json'))
+  if new_run:
+    write_config(workdir, config)  # config.json is a run's first file
+  start, state = run.restore()
+  if start > config.num_steps:
+    raise RunError(f'{workdir} holds a checkpoint at step {start}, past num_steps='
+                   f'{config.num_steps}; use a new --workdir')
+  if not new_run:
+    write_config(workdir, config)
   images = jax.device_put(run.dataset.train, run.replicated)
   val = run.dataset.val[:config.eval.num_val]
-  start, state = run.restore()
   if start:
     print(f'resuming from step {start} of {config.num_steps}', file=sys.stderr, flush=True)
   step_fn = run.step_fn()
-  writer = metrics_io.MetricWriter(workdir)
+  writer = metrics_io.MetricWriter(workdir, resume_step=start)
   progress = metrics_io.Progress(start, config.num_steps)
   last_saved, t_log, s_log = start, time.perf_counter(), start
-  timing = dict(first_step_s=None, train_s=0.0)
+  # Training time over every attempt of the run: a resumed run adds its time to that of the
+  # steps its checkpoint holds (train_timing.json, written with each checkpoint).
+  timing = _timing_before(workdir, start)
   final, final_recon = {}, None
   # SIGTERM / Ctrl-C end the loop after the current step, saved. Single-process runs only: with
   # several JAX processes one would enter a checkpoint save the others never join, so multi-host
@@ -410,6 +441,10 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
         # Committed before training goes on, so a kill at any moment loses at most one interval
         # (an asynchronous save still in flight when the next one starts could lose two).
         run.checkpoints.save(done, state, wait=True)
+        writer.flush()  # TensorBoard on disk up to the checkpoint, as metrics.jsonl is
+        metrics_io.write_json(os.path.join(workdir, TIMING_FILE),
+                              dict(timing, step=done, timed_steps=timing['timed_steps']
+                                   + s_log - start))
         last_saved = done
       if stopping:
         raise Stopped(stop.received[0], done)
@@ -419,10 +454,10 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
     progress.close()
     writer.close()
   if start < end == config.num_steps:
-    summary = dict(step=end, first_step_s=timing['first_step_s'],
-                   train_s=timing['train_s'],
-                   images_per_s=(end - start) * config.batch_size
-                   / max(timing['train_s'], 1e-9))
+    timed = timing['timed_steps'] + end - start
+    summary = dict(step=end, first_step_s=timing['first_step_s'], train_s=timing['train_s'],
+                   images_per_s=timed * config.batch_size / max(timing['train_s'], 1e-9),
+                   timed_steps=timed, attempts=timing['attempts'])
     metrics_io.write_json(os.path.join(workdir, 'train_summary.json'), summary)
     evaluation.save_figures(run.model(state), val, final,
                             os.path.join(workdir, 'figures'), batch_size=config.eval.batch_size,
@@ -430,6 +465,31 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
                             title=f'{config.dataset} {config.model.upsample} step {done}',
                             reconstructions=final_recon)
   return final
+
+
+TIMING_FILE = 'train_timing.json'
+
+
+def _timing_before(workdir: str, start: int) -> dict:
+  """This attempt's starting point for train_summary.json, from the attempts before it.
+
+  first_step_s: the first attempt's first step (its compile); train_s: training seconds so far,
+  each attempt's first step included; timed_steps: the steps train_s covers (a step trained after
+  the last log line of an attempt is not timed; one trained again after a kill is timed once);
+  attempts: the attempts so far, this one included.
+  """
+  fresh = dict(first_step_s=None, train_s=0.0, timed_steps=0, attempts=1)
+  if start == 0:
+    return fresh
+  try:
+    with open(os.path.join(workdir, TIMING_FILE)) as f:
+      before = json.load(f)
+    if before['step'] != start:  # not the checkpoint this attempt restored
+      raise ValueError(before['step'])
+    return dict(first_step_s=float(before['first_step_s']), train_s=float(before['train_s']),
+                timed_steps=int(before['timed_steps']), attempts=int(before['attempts']) + 1)
+  except (OSError, ValueError, KeyError, TypeError):
+    return dict(fresh, attempts=2)  # earlier attempts not known: only this one is timed
 
 
 def _evaluate(run: Run, state, images):

@@ -224,17 +224,17 @@ def test_write_eval_json_roundtrip(tmp_path):
 
 
 def test_comparison_table_formats_two_records():
-  base = dict(dataset='mnist', seed=0, step=1500, psnr=21.234, ssim=0.91234, checkerboard_db=3.1,
-              alias_diagonal_db=-2.0, spectral_error=0.12345)
+  base = dict(dataset='mnist', kind='ae', seed=0, step=1500, psnr=21.234, ssim=0.91234,
+              checkerboard_db=3.1, alias_diagonal_db=-2.0, spectral_error=0.12345)
   table = evaluation.comparison_table([dict(base, workdir='runs/t', upsample='tconv'),
                                        dict(base, workdir='runs/r', upsample='resize_conv',
                                             checkerboard_db=-0.5)])
   lines = table.splitlines()
-  assert lines[0] == ('| workdir | dataset | upsample | seed | step | psnr | ssim | '
+  assert lines[0] == ('| workdir | dataset | kind | upsample | seed | step | psnr | ssim | '
                       'checkerboard_db | alias_diagonal_db | spectral_error |')
-  assert lines[2] == ('| runs/t | mnist | tconv | 0 | 1500 | 21.23 | 0.9123 | +3.10 | -2.00 | '
+  assert lines[2] == ('| runs/t | mnist | ae | tconv | 0 | 1500 | 21.23 | 0.9123 | +3.10 | -2.00 | '
                       '0.1235 |')
-  assert lines[3].startswith('| runs/r | mnist | resize_conv |') and '| -0.50 |' in lines[3]
+  assert lines[3].startswith('| runs/r | mnist | ae | resize_conv |') and '| -0.50 |' in lines[3]
   assert len(lines) == 4
 
 

@@ -106,6 +106,12 @@ def test_sweep_figures_run_only_with_a_sweep_dir(tmp_path, monkeypatch):
   monkeypatch.setitem(figures.SWEEP_FIGURES, 'fake', lambda sweep, out: calls.append((sweep, out)))
   with pytest.raises(ValueError, match='fake need --sweep_dir'):
     figures.make_figures(str(tmp_path), ['fake'])
+  with pytest.raises(ValueError, match='holds no points.json or results.csv'):
+    figures.make_figures(str(tmp_path), ['fake'], sweep_dir=str(tmp_path))
+  (tmp_path / 'points.json').write_text('[]')
+  with pytest.raises(ValueError, match='holds no results.csv: .* sweep has not finished'):
+    figures.make_figures(str(tmp_path), ['fake'], sweep_dir=str(tmp_path))
+  (tmp_path / 'results.csv').write_text('')
   figures.make_figures(str(tmp_path), ['fake'], sweep_dir=str(tmp_path))
   assert calls == [(str(tmp_path), str(tmp_path))]
 

@@ -12,8 +12,12 @@ from decoders import metrics_io
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def read_events(workdir):
-  """(step, tag, value) of every scalar in the TFRecord event files of workdir."""
+def read_events(workdir, session_starts=None):
+  """(step, tag, value) of every scalar in the TFRecord event files of workdir.
+
+  session_starts: a list to which the step of each SessionLog START event is appended (TensorBoard
+  hides earlier files' events from that step on).
+  """
   scalars = []
   for name in sorted(os.listdir(workdir)):
     if not name.startswith('events.out.tfevents'):
@@ -26,6 +30,8 @@ def read_events(workdir):
       event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
       offset += 12 + length + 4
       scalars += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+      if session_starts is not None and event.HasField('session_log'):
+        session_starts.append(event.step)
   return scalars
 
 
@@ -41,6 +47,33 @@ def test_metric_writer_writes_jsonl_and_tensorboard_scalars(tmp_path):
   # TensorBoard gets the finite scalars only.
   assert read_events(str(tmp_path)) == [(10, 'train/loss', 0.25), (10, 'train/psnr', 18.0),
                                         (20, 'train/psnr', 19.5)]
+
+
+def test_resumed_writer_drops_what_the_killed_run_logged_after_its_checkpoint(tmp_path):
+  """A run killed at step 7 after a checkpoint at 4 resumes from 4 and logs 5-7 again."""
+  workdir = str(tmp_path)
+  killed = metrics_io.MetricWriter(workdir)
+  for step in range(8):
+    killed.write(step, {'train/loss': 1.0 / (step + 1)})
+    if step == 4:
+      killed.flush()  # the checkpoint
+  # Killed: never closed. TensorBoard holds every step up to the checkpoint.
+  assert [step for step, _, _ in read_events(workdir)][:5] == list(range(5))
+  with open(tmp_path / 'metrics.jsonl', 'a') as f:
+    f.write('{"step": 8, "train/lo')  # a line cut short by the kill
+  resumed = metrics_io.MetricWriter(workdir, resume_step=4)
+  for step in range(5, 10):
+    resumed.write(step, {'train/loss': 0.0})
+  resumed.close()
+  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  assert [row['step'] for row in rows] == list(range(10))
+  assert [row['train/loss'] for row in rows[4:6]] == [0.2, 0.0]
+  starts = []
+  read_events(workdir, starts)
+  assert 5 in starts  # TensorBoard hides the killed run's events from step 5 on
+  # A run restarted from step 0 (no checkpoint) logs everything again, its untrained eval too.
+  metrics_io.MetricWriter(workdir, resume_step=0).close()
+  assert open(tmp_path / 'metrics.jsonl').read() == ''
 
 
 def test_metric_writer_does_not_import_torch(tmp_path):

@@ -110,6 +110,9 @@ def test_sigkill_five_times_then_bit_identical(tmp_path):
   assert step_a == step_b == num_steps
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x, y)
+  # Each step logged once, as in the straight run: what a killed run logged after its last
+  # checkpoint is dropped when the step is trained again.
+  assert logged_steps(killed) == logged_steps(straight)
 
 
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
@@ -257,9 +260,14 @@ def test_stopped_sweep_starts_nothing_new_and_resumes(tmp_path, how):
   log = (sweep_dir / 'p0' / 'sweep.log').read_text()
   assert f'stopped by {signal.Signals(signum).name} at step' in log, log[-2000:]
   assert not (sweep_dir / 'p1').exists()  # not started after the signal
+  with open(sweep_dir / 'p0' / 'sweep_wall.json') as f:
+    stopped_wall = json.load(f)['wall_s']
+  assert stopped_wall > 1.0  # the stopped attempt's time counts
   out = run(args)
   assert out.returncode == 0, out.stderr[-2000:]
   assert 'resuming from step' in (sweep_dir / 'p0' / 'sweep.log').read_text()
+  with open(sweep_dir / 'p0' / 'sweep_wall.json') as f:
+    assert json.load(f)['wall_s'] > stopped_wall + 1.0  # ... and so does the resumed one's
   table = (sweep_dir / 'results.md').read_text()
   assert all(f'| p{i} | 1 |' in table for i in range(2)) and 'nan' not in table
 
@@ -312,10 +320,13 @@ def misuse_corpus(finished, tmp):
       'figures: unknown figure': figures + [f'--out={tmp}/f', '--only=nope'],
       'figures: missing sweep dir': figures + [f'--out={tmp}/f', f'--sweep_dir={tmp}/none'],
       'figures: unwritable out': figures + [f'--out={blocker}/f'],
+      'figures: not a sweep dir': figures + [f'--out={tmp}/f', f'--sweep_dir={finished}',
+                                             '--only=ablation_chart'],
+      'figures: unknown flag': figures + ['--outt=x'],
   }
 
 
-MISUSE_COUNT = 24
+MISUSE_COUNT = 26
 
 
 def test_misuse_corpus(finished_run, tmp_path):

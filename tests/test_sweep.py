@@ -65,9 +65,9 @@ def get_sweep():
 '''
 
 
-def run_sweep_cli(*args):
-  env = dict(os.environ, DECODERS_DATA_DIR=DATA_DIR, JAX_PLATFORMS='cpu')
-  return subprocess.run([sys.executable, '-m', 'decoders.sweep', *args], cwd=ROOT, env=env,
+def run_sweep_cli(*args, cwd=ROOT):
+  env = dict(os.environ, DECODERS_DATA_DIR=DATA_DIR, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  return subprocess.run([sys.executable, '-m', 'decoders.sweep', *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=900)
 
 
@@ -76,13 +76,18 @@ def test_dry_run_prints_one_command_per_point(tmp_path):
                       '--dry_run')
   assert out.returncode == 0, out.stderr
   lines = out.stdout.strip().splitlines()
-  assert len(lines) == 4 and all(l.startswith('python train.py') and 'eval.py' in l for l in lines)
+  # From the repository root, where train.py is, with the sweep's absolute workdir.
+  assert len(lines) == 4 and all(
+      l.startswith(f'cd {ROOT} && python train.py') and 'eval.py' in l for l in lines)
+  assert f'--workdir={tmp_path / "s" / "tconv-s0"}' in lines[0]
   assert not (tmp_path / 's').exists()
 
 
 def test_tiny_sweep_runs_skips_finished_and_aggregates(tmp_path):
   spec, sweep_dir = write_sweep(tmp_path, TINY), tmp_path / 's'
-  out = run_sweep_cli(f'--sweep={spec}', f'--workdir={sweep_dir}', '--jobs=2')
+  # Started elsewhere than the repository root, with a relative --workdir: the points' runs land
+  # in the sweep directory all the same.
+  out = run_sweep_cli(f'--sweep={spec}', '--workdir=s', '--jobs=2', cwd=tmp_path)
   assert out.returncode == 0, out.stderr[-3000:]
   for name in ('tconv-s0', 'tconv-s1', 'resize_conv-s0', 'resize_conv-s1'):
     with open(sweep_dir / name / 'eval.json') as f:
@@ -102,6 +107,18 @@ def test_tiny_sweep_runs_skips_finished_and_aggregates(tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   for name in ('ablation_chart', 'sweep_spectra', 'sweep_reconstructions'):
     assert (tmp_path / 'f' / f'{name}.png').stat().st_size > 10_000
+  # A point is finished only with its own config and a test-split eval.json.
+  point = sweep.load_sweep(spec)[0]
+  workdir = str(sweep_dir / point['name'])
+  assert sweep.is_finished(point, workdir)
+  assert not sweep.is_finished(dict(point, num_steps=9), workdir)  # the sweep file changed
+  assert not sweep.is_finished(dict(point, **{'model.latent_dim': 8}), workdir)
+  with open(os.path.join(workdir, 'eval.json')) as f:
+    record = json.load(f)
+  with open(os.path.join(workdir, 'eval.json'), 'w') as f:  # as eval.py --split=val writes it
+    json.dump(dict(record, split='val'), f)
+  assert not sweep.is_finished(point, workdir)
+  assert sweep._read(workdir)['psnr'] is None  # val numbers never fill the test columns
 
 
 @pytest.mark.parametrize('args,match', [

@@ -90,11 +90,24 @@ def test_resume_is_bit_exact(tmp_path):
   training.train_and_evaluate(config, straight)
   training.train_and_evaluate(config, resumed, stop_after=20)  # preempted at step 20
   assert final_params(resumed)[0] == 20
+  with open(os.path.join(resumed, 'train_timing.json')) as f:
+    first_attempt = json.load(f)
   training.train_and_evaluate(config, resumed)  # the same command again
   (step_a, a), (step_b, b) = final_params(straight), final_params(resumed)
   assert step_a == step_b == 40
   jax.tree.map(np.testing.assert_array_equal, a, b)
   assert logged(straight)[-1] == logged(resumed)[-1]
+  # The summary times both attempts, not only the last one.
+  summaries = []
+  for workdir in (straight, resumed):
+    with open(os.path.join(workdir, 'train_summary.json')) as f:
+      summaries.append(json.load(f))
+  assert [(s['attempts'], s['timed_steps']) for s in summaries] == [(1, 40), (2, 40)]
+  assert first_attempt['timed_steps'] == 20 and first_attempt['step'] == 20
+  assert summaries[1]['train_s'] > first_attempt['train_s'] > 0
+  assert summaries[1]['first_step_s'] == first_attempt['first_step_s']
+  assert summaries[1]['images_per_s'] == pytest.approx(
+      40 * config.batch_size / summaries[1]['train_s'])
 
 
 def test_eval_time_is_not_training_time(tmp_path, monkeypatch):
@@ -127,13 +140,50 @@ def test_eval_time_is_not_training_time(tmp_path, monkeypatch):
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-  config = small_config(**{'num_steps': 60, 'checkpoint_every': 10, 'log_every': 10,
-                           'model.kind': 'vae', 'learning_rate': 1e4, 'warmup_steps': 0,
+  # Measured: with this learning rate the VAE's loss first turns non-finite at step 3.
+  config = small_config(**{'num_steps': 60, 'checkpoint_every': 2, 'log_every': 1,
+                           'model.kind': 'vae', 'learning_rate': 1e4, 'warmup_steps': 10,
                            'lr_schedule': 'constant'})
-  with pytest.raises(training.RunError, match=r'non-finite at step \d+'):
+  with pytest.raises(training.RunError, match=r'non-finite at step 3; stopped without saving; '
+                     r'the last good checkpoint is step 2'):
     training.train_and_evaluate(config, str(tmp_path))
   step, params = final_params(str(tmp_path))
-  assert step >= 0 and all(np.isfinite(p).all() for p in jax.tree.leaves(params))
+  assert step == 2 and all(np.isfinite(p).all() for p in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize('schedule', ['cosine', 'constant'])
+def test_no_warmup_means_the_full_rate_at_the_first_step(schedule):
+  config = small_config(learning_rate=0.01, warmup_steps=0, lr_schedule=schedule)
+  tx = training.make_optimizer(config)
+  params = {'w': jnp.zeros(5)}
+  grads = {'w': jnp.asarray([1.0, -2.0, 3.0, -4.0, 5.0])}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # Adam's first step moves each weight by the rate, against the gradient's sign.
+  np.testing.assert_allclose(updates['w'], -0.01 * np.sign(grads['w']), rtol=1e-4)
+
+
+def test_a_refused_resume_leaves_config_json_as_it_was(tmp_path):
+  workdir = str(tmp_path)
+  training.train_and_evaluate(small_config(num_steps=4, checkpoint_every=4), workdir)
+  with open(tmp_path / 'config.json') as f:
+    before = f.read()
+  # --overwrite onto the checkpoint of another model: refused by the restore.
+  with pytest.raises(training.RunError, match='different model'):
+    training.train_and_evaluate(small_config(**{'num_steps': 4, 'checkpoint_every': 4,
+                                                'model.upsample': 'subpixel'}), workdir,
+                                overwrite=True)
+  with open(tmp_path / 'config.json') as f:
+    assert f.read() == before
+  # num_steps below the checkpoint (a constant schedule, so num_steps alone may change).
+  constant = dict(num_steps=4, checkpoint_every=4, lr_schedule='constant', warmup_steps=1)
+  other = str(tmp_path / 'constant')
+  training.train_and_evaluate(small_config(**constant), other)
+  with open(os.path.join(other, 'config.json')) as f:
+    before = f.read()
+  with pytest.raises(training.RunError, match='checkpoint at step 4, past num_steps=2'):
+    training.train_and_evaluate(small_config(**dict(constant, num_steps=2)), other)
+  with open(os.path.join(other, 'config.json')) as f:
+    assert f.read() == before
 
 
 def test_workdir_with_another_config_is_refused(tmp_path):
@@ -144,6 +194,18 @@ def test_workdir_with_another_config_is_refused(tmp_path):
   training.prepare_workdir(str(tmp_path), small_config(log_every=7), overwrite=False)  # harmless
   with pytest.raises(training.RunError, match='num_steps'):  # the cosine schedule depends on it
     training.prepare_workdir(str(tmp_path), small_config(num_steps=999), overwrite=False)
+  # Under a constant schedule num_steps may change, once the warmup is over in both runs (a
+  # shorter run than its warmup cuts the warmup short, which changes the steps already taken).
+  constant = dict(lr_schedule='constant', warmup_steps=50)
+  training.prepare_workdir(str(tmp_path / 'c'), small_config(num_steps=200, **constant),
+                           overwrite=False)
+  training.prepare_workdir(str(tmp_path / 'c'), small_config(num_steps=400, **constant),
+                           overwrite=False)
+  training.prepare_workdir(str(tmp_path / 'short'), small_config(num_steps=20, **constant),
+                           overwrite=False)
+  with pytest.raises(training.RunError, match='num_steps'):
+    training.prepare_workdir(str(tmp_path / 'short'), small_config(num_steps=400, **constant),
+                             overwrite=False)
 
 
 def test_multi_device_step_equals_single_device(tmp_path):
@@ -277,6 +339,8 @@ BAD_INVOCATIONS = {
     'unreachable image size': ['--config.model.widths=(8,16,32)'],
     'missing data': ['--config.data.dir=/nonexistent'],
     'unknown flag': ['--learning_rate=3'],
+    'negative seed': ['--config.seed=-1'],
+    'multihost without a coordinator': ['--config.multihost=True'],
 }
 
 
@@ -288,6 +352,16 @@ def test_bad_invocation_is_one_line(name, tmp_path):
   lines = [line for line in out.stderr.splitlines() if line.strip()]
   assert len(lines) == 1 and 'error' in lines[0], out.stderr[-1500:]
   assert 'Traceback' not in out.stderr
+  assert not (tmp_path / 'w').exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize('key,value', [
+    ('seed', -1), ('data.split_seed', -1), ('data.val_size', 0), ('eval.num_val', 0),
+    ('eval.num_val', -1), ('eval.num_images', 0), ('eval.spectral_stride', 1),
+    ('eval.spectral_stride', 29)])
+def test_values_no_run_can_use_are_refused_naming_the_key(key, value):
+  with pytest.raises(training.RunError, match=rf'^{key}[ =]'):
+    training.validate_config(small_config(**{key: value}))
 
 
 def test_missing_config_file_is_one_line(tmp_path):
