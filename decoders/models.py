@@ -32,22 +32,24 @@ class Conv(nnx.Module):
   """k x k conv with PyTorch padding (k // 2) and an optional stride; `decoders.ops.conv`."""
 
   def __init__(self, c_in: int, c_out: int, *, rngs: nnx.Rngs, kernel_size: int = 3,
-               stride: int = 1):
+               stride: int = 1, impl: str = 'auto'):
     self.kernel = _conv_kernel(rngs, kernel_size, c_in, c_out)
     self.bias = nnx.Param(jnp.zeros((c_out,), jnp.float32))
-    self.stride = stride
+    self.stride, self.impl = stride, impl
 
   def __call__(self, x):
     k = self.kernel[...].shape[0]
-    return ops.conv(x, self.kernel[...], stride=self.stride, padding=k // 2) + self.bias[...]
+    return ops.conv(x, self.kernel[...], stride=self.stride, padding=k // 2,
+                    impl=self.impl) + self.bias[...]
 
 
 class Encoder(nnx.Module):
   """(N, H, W, C) -> (N, out_dim): stride-2 convs, then a dense layer."""
 
-  def __init__(self, image_shape, widths, out_dim: int, *, rngs: nnx.Rngs):
+  def __init__(self, image_shape, widths, out_dim: int, *, rngs: nnx.Rngs, impl: str = 'auto'):
     chans = (image_shape[-1],) + tuple(widths)
-    self.convs = nnx.List([Conv(a, b, stride=2, rngs=rngs) for a, b in zip(chans, chans[1:])])
+    self.convs = nnx.List([Conv(a, b, stride=2, rngs=rngs, impl=impl)
+                           for a, b in zip(chans, chans[1:])])
     h, w = image_shape[:2]
     for _ in widths:
       h, w = ops.conv_output_size(h, 3, 2, 1), ops.conv_output_size(w, 3, 2, 1)
@@ -73,9 +75,9 @@ class Decoder(nnx.Module):
     self.dense = nnx.Linear(latent_dim, math.prod(self.grid), rngs=rngs)
     chans = tuple(reversed(widths)) + (widths[0],)
     self.blocks = nnx.List([
-        upsample.make_upsampler(name, a, b, factor=2, rngs=rngs, impl=impl, **options)
+        upsample.make_upsampler(name, a, b, factor=2, rngs=rngs, **{'impl': impl, **options})
         for (name, options), a, b in zip(stages, chans, chans[1:])])
-    self.out = Conv(widths[0], c, rngs=rngs)
+    self.out = Conv(widths[0], c, rngs=rngs, impl=impl)
     self.out.bias[...] = jnp.full((c,), output_bias, jnp.float32)
 
   def logits(self, z):
@@ -96,7 +98,7 @@ class AutoEncoder(nnx.Module):
     self.kind = kind
     self.latent_dim = latent_dim
     enc_out = 2 * latent_dim if kind == 'vae' else latent_dim
-    self.encoder = Encoder(image_shape, widths, enc_out, rngs=rngs)
+    self.encoder = Encoder(image_shape, widths, enc_out, rngs=rngs, impl=impl)
     self.decoder = Decoder(image_shape, widths, latent_dim, stages, impl=impl,
                            output_bias=output_bias, rngs=rngs)
 

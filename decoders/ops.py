@@ -46,9 +46,14 @@ def _per_axis(name: str, value: IntOrTuple, n: int, *, minimum: int) -> tuple[in
   return values
 
 
-def _check_groups(groups, c_in: int, c_out: int, what: str) -> int:
+def _check_groups_value(groups) -> int:
   if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
     raise ValueError(f'groups must be a positive int, got {groups!r}')
+  return int(groups)
+
+
+def _check_groups(groups, c_in: int, c_out: int, what: str) -> int:
+  groups = _check_groups_value(groups)
   if c_in % groups or c_out % groups:
     raise ValueError(f'groups={groups} must divide the {what} in- and out-channels '
                      f'({c_in}, {c_out})')
@@ -60,9 +65,14 @@ def _spatial_dims(x, w, kernel_layout: str) -> int:
   if n < 1:
     raise ValueError(f'w must have shape (*kernel, {kernel_layout}) with at least one spatial '
                      f'axis, got shape {tuple(w.shape)}')
+  if n > 3:
+    raise ValueError(f'at most 3 spatial axes are supported, got w of shape {tuple(w.shape)}')
   if x.ndim != n + 2:
     raise ValueError(f'x must have shape (N, *spatial, C) with {n} spatial axes to match w, '
                      f'got shape {tuple(x.shape)}')
+  if min(w.shape[:n]) < 1:
+    raise ValueError(f'the kernel must have size >= 1 on every axis, got w of shape '
+                     f'{tuple(w.shape)}')
   return n
 
 
@@ -99,9 +109,12 @@ def transposed_padding_for_factor(kernel: int, factor: int) -> tuple[int, int]:
   """
   op = (kernel - factor) % 2
   padding = (kernel - factor + op) // 2
-  if padding < 0 or op >= factor:
+  if padding < 0:
     raise ValueError(f'kernel_size={kernel} is too small for factor={factor}: a transposed conv '
-                     f'needs kernel_size >= factor to grow the input exactly {factor}x')
+                     f'needs kernel_size >= factor - 1 to grow the input exactly {factor}x')
+  if op >= factor:  # factor 1 with k - f odd: output_padding 1 is not allowed at stride 1
+    raise ValueError(f'kernel_size={kernel} cannot keep the size at factor={factor}: '
+                     f'kernel_size - factor must be even (2p = kernel_size - factor)')
   return padding, op
 
 
@@ -221,7 +234,8 @@ def conv_transpose(x, w, *, stride: IntOrTuple = 1, padding: IntOrTuple = 0,
   if w.shape[-2] != c_in:
     raise ValueError(f'w has {w.shape[-2]} input channels, x has {c_in}: expected '
                      f'w.shape[-2] == C_in')
-  groups = _check_groups(groups, c_in, w.shape[-1] * groups, 'conv_transpose')
+  groups = _check_groups(groups, c_in, w.shape[-1] * _check_groups_value(groups),
+                         'conv_transpose')
   for axis in range(n):
     if conv_transpose_output_size(x.shape[1 + axis], kernel[axis], stride[axis], padding[axis],
                                   output_padding[axis], dilation[axis]) < 1:
@@ -247,10 +261,17 @@ def conv_transpose_reference(x, w, *, stride, padding, output_padding, dilation,
   w = jnp.flip(w, axis=tuple(range(n)))
   lo = [d * (k - 1) - p for k, p, d in zip(kernel, padding, dilation)]
   hi = [l + op for l, op in zip(lo, output_padding)]
+  lhs_dilation = stride
+  if n == 3:  # XLA's algebraic simplifier CHECK-fails (aborting the process) on some 3-D convs
+    # with lhs_dilation (jax 0.10.2, e.g. tests/test_ops.py's 3-D abort case): the zeros are
+    # inserted explicitly instead, which gives the same values.
+    x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(0, 0, s - 1) for s in stride]
+                + [(0, 0, 0)])
+    lhs_dilation = (1,) * n
   # Negative padding (p > d(k-1)) means cropping: pad by >= 0 and slice afterwards.
   y = lax.conv_general_dilated(
       x, w, window_strides=(1,) * n,
-      padding=[(max(l, 0), max(h, 0)) for l, h in zip(lo, hi)], lhs_dilation=stride,
+      padding=[(max(l, 0), max(h, 0)) for l, h in zip(lo, hi)], lhs_dilation=lhs_dilation,
       rhs_dilation=dilation, dimension_numbers=_dimension_numbers(n),
       feature_group_count=groups, precision=precision)
   crop = tuple(slice(max(-l, 0), y.shape[1 + a] - max(-h, 0))
@@ -316,6 +337,8 @@ def phase_counts(kernel_size: int, stride: int, dilation: int = 1) -> np.ndarray
   these counts. They are all equal (no grid artifact) iff stride divides the dilated kernel's
   tap pattern evenly, for dilation 1 iff kernel_size % stride == 0.
   """
+  (kernel_size,), (stride,), (dilation,) = (_per_axis(name, v, 1, minimum=1) for name, v in (
+      ('kernel_size', kernel_size), ('stride', stride), ('dilation', dilation)))
   counts = np.zeros(stride, np.int64)
   for t in range(kernel_size):
     counts[(t * dilation) % stride] += 1

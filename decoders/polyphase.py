@@ -62,7 +62,7 @@ def _phase_correlate(x, w, selectors, q_lo, m0, m_count, crop, groups, precision
       planes.append(_correlate_phases(x, w, plane, [q_lo[0] + int(u[0])] + list(q_lo[1:]), m0,
                                       m_count, 1, precision))
     y = jnp.stack(planes, axis=2)  # (N, M_0, f_0, ...)
-    y = y.reshape(y.shape[0], -1, *y.shape[3:])
+    y = y.reshape(y.shape[0], y.shape[1] * y.shape[2], *y.shape[3:])  # not -1: N may be 0
   else:
     y = _correlate_phases(x, w, selectors, q_lo, m0, m_count, groups, precision)
   return y[(slice(None),) + tuple(crop)]
@@ -186,6 +186,9 @@ def nearest_upsample_conv(x, w, *, factor, padding, groups=1, precision=None) ->
     (N, *L, C_out), L = f*W + 2p - k + 1 per axis.
   """
   n = x.ndim - 2
+  if w.shape[-2] * groups != x.shape[-1]:
+    raise ValueError(f'w has {w.shape[-2]} input channels per group, x has {x.shape[-1]} '
+                     f'channels: expected w.shape[-2] == C_in // groups = {x.shape[-1] // groups}')
   # conv layout (*k, C_in/g, C_out) -> the (*k, C_in, C_out/g) layout _phase_correlate expects:
   # a block-diagonal expansion is only needed for groups > 1.
   if groups > 1:

@@ -1,9 +1,9 @@
 """Power spectra and upsampling-artifact metrics of image sets, pure jnp.
 
-Images are arrays (N, H, W, C), channels-last; integer arrays are cast to float32. Every function
-jits (the shape-like arguments `window`, `beta`, `stride`, `num_bins` are static) and vmaps over a
-leading axis of image sets. Definitions, with x one image-channel x[n, :, :, c], i the row
-(vertical, H) and j the column (horizontal, W) index:
+Images are arrays (N, H, W, C), channels-last; integer and 16-bit float arrays are cast to
+float32. Every function jits (the shape-like arguments `window`, `beta`, `stride`, `num_bins` are
+static) and vmaps over a leading axis of image sets. Definitions, with x one image-channel
+x[n, :, :, c], i the row (vertical, H) and j the column (horizontal, W) index:
 
 * Mean removal: each image-channel has its own mean over (H, W) subtracted first, so a constant
   offset changes nothing and DC carries no power.
@@ -48,12 +48,12 @@ HIGH_BAND = 0.25  # cycles/pixel: lower edge of the band used by the high-freque
 
 
 def _as_images(images: jax.Array) -> jax.Array:
-  """Checks the (N, H, W, C) layout and casts integer images to float32."""
+  """Checks the (N, H, W, C) layout and casts integer and 16-bit float images to float32."""
   images = jnp.asarray(images)
   if images.ndim != 4:
     raise ValueError(f'images must be (N, H, W, C), got shape {images.shape}')
-  if not jnp.issubdtype(images.dtype, jnp.inexact):
-    images = images.astype(jnp.float32)
+  if not jnp.issubdtype(images.dtype, jnp.inexact) or jnp.finfo(images.dtype).bits < 32:
+    images = images.astype(jnp.float32)  # sums of squares overflow float16 (max 65504)
   return images
 
 

@@ -338,12 +338,40 @@ def test_coverage_matches_conv_transpose_of_ones():
   np.testing.assert_array_equal(cov, np.asarray(y)[0, ..., 0])
 
 
+def test_conv_transpose_3d_with_dilation_matches_torch():
+  """A 3-D case on which XLA's algebraic simplifier aborted the process (impl='reference')."""
+  rng = np.random.default_rng(5)
+  x = rng.standard_normal((1, 2, 3, 3, 1), np.float32)
+  wt = rng.standard_normal((1, 1, 4, 3, 2), np.float32)
+  kw = dict(stride=(1, 2, 2), padding=(3, 2, 1), output_padding=(1, 1, 0), dilation=(2, 2, 1))
+  expected = F.conv_transpose3d(to_torch_layout(x), torch.from_numpy(wt), **kw)
+  for impl in ('reference', 'polyphase'):
+    actual = ops.conv_transpose(x, ops.kernel_from_torch(wt, transposed=True), impl=impl, **kw)
+    assert_close(actual, from_torch_layout(expected))
+
+
+@pytest.mark.parametrize('impl', ['reference', 'polyphase', 'auto'])
+def test_an_empty_batch_gives_an_empty_output(impl):
+  x = jnp.ones((0, 4, 4, 4))
+  for kw, shape in [(dict(stride=2), (0, 9, 9, 2)),
+                    (dict(stride=2, padding=1, output_padding=1), (0, 8, 8, 2))]:
+    assert ops.conv_transpose(x, jnp.ones((3, 3, 4, 2)), impl=impl, **kw).shape == shape
+  assert ops.conv(x, jnp.ones((3, 3, 4, 2)), stride=2, padding=1, impl=impl).shape == (0, 2, 2, 2)
+
+
 def test_size_rules():
   assert ops.conv_output_size(7, 3) == 5
   assert ops.conv_transpose_output_size(4, 3, stride=2) == 9
   assert ops.conv_transpose_output_size(16, 3, 2, 1, 1) == 32
   assert ops.transposed_padding_for_factor(3, 2) == (1, 1)
   assert ops.transposed_padding_for_factor(4, 2) == (1, 0)
+  assert ops.transposed_padding_for_factor(1, 2) == (0, 1)  # k1 s2 op1: exactly 2x
+  with pytest.raises(ValueError, match='too small for factor=3'):
+    ops.transposed_padding_for_factor(1, 3)
+  with pytest.raises(ValueError, match='kernel_size - factor must be even'):
+    ops.transposed_padding_for_factor(2, 1)
+  with pytest.raises(ValueError, match='stride'):
+    ops.phase_counts(3, 0)
   for k, s in itertools.product(range(1, 6), range(1, 4)):
     for size in range(k, k + 3 * s):
       keeps = ops.roundtrip_keeps_size(size, k, s)
@@ -361,10 +389,21 @@ def test_size_rules():
     (dict(dilation=0), 'dilation'), (dict(output_padding=2, stride=2), 'output_padding'),
     (dict(output_padding=1), 'output_padding'), (dict(groups=3), 'groups'),
     (dict(stride=1.5), 'stride'), (dict(impl='fast'), 'impl'), (dict(padding=5), 'padding'),
+    (dict(groups=None), 'groups'),
 ])
 def test_conv_transpose_bad_arguments(kwargs, name):
   with pytest.raises(ValueError, match=name):
     ops.conv_transpose(jnp.ones((1, 4, 4, 4)), jnp.ones((3, 3, 4, 2)), **kwargs)
+
+
+@pytest.mark.parametrize('op', [ops.conv, ops.conv_transpose])
+@pytest.mark.parametrize('x_shape,w_shape,match', [
+    ((1, 3, 3, 3, 3, 8), (2, 2, 2, 2, 8, 8), 'at most 3 spatial axes'),
+    ((1, 4, 4, 4), (0, 3, 4, 2), 'kernel must have size >= 1'),
+])
+def test_shapes_no_conv_takes(op, x_shape, w_shape, match):
+  with pytest.raises(ValueError, match=match):
+    op(jnp.ones(x_shape), jnp.ones(w_shape), stride=2)
 
 
 @pytest.mark.parametrize('x_shape,w_shape,kwargs,name', [

@@ -169,6 +169,15 @@ def test_aliasing_scores_sum_to_checkerboard_score():
     assert total == pytest.approx(np_aliasing(x, s).sum(), rel=1e-4)
 
 
+@pytest.mark.parametrize('dtype', [jnp.float16, jnp.bfloat16])
+def test_half_precision_images_are_scored_in_float32(dtype):
+  # In float16 the total power h w sum(x^2) overflows (max 65504): the score was NaN.
+  x = mnist().astype(np.float32) / 255
+  x32 = np.asarray(jnp.asarray(x, dtype), np.float32)  # the same values, exactly
+  for f in (spectral.checkerboard_score, lambda v: spectral.aliasing_scores(v).sum()):
+    assert float(f(jnp.asarray(x, dtype))) == pytest.approx(float(f(x32)), rel=1e-5)
+
+
 def test_constant_offset_changes_nothing():
   x = mnist().astype(np.float32)
   shifted = x + np.float32(3.0)

@@ -228,6 +228,41 @@ def test_bad_options(name, options, match):
     upsample.make_upsampler(name, 1, 1, factor=2, rngs=nnx.Rngs(0), **options)
 
 
+@pytest.mark.parametrize('name', sorted(upsample.UPSAMPLERS))
+def test_wrong_input_channels_are_a_value_error(name):
+  block = upsample.make_upsampler(name, 2, 2, factor=2, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match='channels'):
+    block(jnp.ones((1, 3, 3, 3)))
+
+
+def _model(impl='auto', tconv_options=None):
+  from configs import mnist
+  from decoders import models
+  config = mnist.get_config().model
+  with config.unlocked():
+    config.impl = impl
+    config.upsample_options.tconv = dict(kernel_size=3, **(tconv_options or {}))
+  return models.build_model(config, (28, 28, 1), train_mean=0.13, seed=0)
+
+
+def test_model_impl_reaches_every_conv_and_a_block_option_overrides_it(monkeypatch):
+  from decoders import polyphase
+  model = _model('reference')
+  assert {m.impl for _, m in nnx.iter_graph(model) if hasattr(m, 'impl')} == {'reference'}
+
+  def fast_path(*args, **kwargs):
+    raise AssertionError('a fast path ran under model.impl=reference')
+  for name in ('correlate', 'correlate_small_out', 'conv_transpose'):
+    monkeypatch.setattr(polyphase, name, fast_path)
+  grads = jax.grad(lambda x: model(x)[0].sum())(jnp.ones((2, 28, 28, 1)))
+  assert bool(jnp.isfinite(grads).all())
+  monkeypatch.undo()
+  # One block on the reference path, every other conv on the default.
+  mixed = _model('auto', {'impl': 'reference'})
+  assert {m.impl for m in mixed.decoder.blocks} == {'reference'}
+  assert {c.impl for c in (*mixed.encoder.convs, mixed.decoder.out)} == {'auto'}
+
+
 def test_bad_factor():
   with pytest.raises(ValueError, match='factor'):
     upsample.make_upsampler('tconv', 1, 1, factor=0, rngs=nnx.Rngs(0))
