@@ -297,7 +297,7 @@ def test_eval_py_evaluates_and_compares_runs(trained_run, tmp_path):
   assert f'eval.py: warning: {damaged}: skipped damaged checkpoint at step 2' in result.stderr
   assert f'{workdir}: mnist ae tconv, seed 0, step 2' in result.stdout
   table = result.stdout[result.stdout.index('| workdir |'):].splitlines()
-  assert len(table) == 4 and table[2].startswith(f'| {workdir} | mnist | tconv | 0 | 2 |')
+  assert len(table) == 4 and table[2].startswith(f'| {workdir} | mnist | ae | tconv | 0 | 2 |')
 
 
 def test_eval_py_user_errors_are_one_line_exit_2(trained_run, tmp_path):
