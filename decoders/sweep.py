@@ -5,8 +5,9 @@
 
 A sweep file defines `get_sweep(preset)` returning a list of points: dicts of dotted config keys
 to values, plus 'config' (the base config file), 'name' (the point's workdir name) and optionally
-'group' (points aggregated together, e.g. one block over seeds). A finished point (eval.json at the
-final step) is skipped; an interrupted one resumes from its checkpoint (train.py does that).
+'group' (points aggregated together, e.g. one block over seeds). A finished point (its workdir
+holds the point's own config and an eval.json of the test split at the final step) is skipped; an
+interrupted one resumes from its checkpoint (train.py does that).
 Ctrl-C or SIGTERM stops the sweep: no new point starts, the running trainings get SIGTERM and save
 the step they reached, and the same command resumes.
 `--dry_run` prints one shell command per point, for Slurm, a TPU pod or a batch queue.
