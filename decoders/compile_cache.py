@@ -12,9 +12,9 @@ JAX's own variable decides: with JAX_COMPILATION_CACHE_DIR set, to a folder or t
 cache), nothing here changes it; unset, the cache lives in $XDG_CACHE_HOME/decoders/jax
 (~/.cache/decoders/jax), as long as that folder can be created.
 
-Every program is kept, not only those that took JAX's default of 1 s to compile: a run also
-compiles about twenty small ones (init, eval, metrics, figures), 1-3 s together on a 2-core CPU
-that a warm cache then loads in a fraction of that (BENCHMARKS.md, "Compilation cache").
+Every program is kept, not only those that took JAX's default of 1 s to compile: besides init
+and the train and eval steps, a run compiles small ones (the eval's batches, metrics and figures),
+which a warm cache then loads in milliseconds (BENCHMARKS.md, "Every program cached").
 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS, when set, decides instead.
 """
 from __future__ import annotations

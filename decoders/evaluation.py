@@ -116,9 +116,9 @@ def _run(model, images: jax.Array, batch_size: int, likelihood_std: float):
   return _first_rows(tuple(recons), n), per_example
 
 
-# The result paths run as a few jitted programs, not op by op: each eager jnp op would compile a
-# program of its own (about 30 per run, 2-5 s on a 2-core CPU), and the persistent compilation
-# cache (decoders/compile_cache.py) can then keep every one of them.
+# The result paths run as a few jitted programs, not op by op: each eager jnp op compiles a
+# program of its own (a run used to compile about 25 small ones; BENCHMARKS.md, "Every program
+# cached"), and the persistent compilation cache (decoders/compile_cache.py) keeps these few.
 _first_rows = jax.jit(lambda parts, n: jnp.concatenate(parts)[:n], static_argnums=1)
 _unit_float = jax.jit(lambda images: images.astype(jnp.float32) / 255.0)
 

@@ -234,8 +234,8 @@ def conv_transpose(x, w, *, stride: IntOrTuple = 1, padding: IntOrTuple = 0,
   if w.shape[-2] != c_in:
     raise ValueError(f'w has {w.shape[-2]} input channels, x has {c_in}: expected '
                      f'w.shape[-2] == C_in')
-  groups = _check_groups(groups, c_in, w.shape[-1] * _check_groups_value(groups),
-                         'conv_transpose')
+  groups = _check_groups_value(groups)  # before it multiplies the per-group out-channels
+  _check_groups(groups, c_in, w.shape[-1] * groups, 'conv_transpose')
   for axis in range(n):
     if conv_transpose_output_size(x.shape[1 + axis], kernel[axis], stride[axis], padding[axis],
                                   output_padding[axis], dilation[axis]) < 1:

@@ -30,7 +30,7 @@ import time
 from absl import app, flags
 from tqdm import tqdm
 
-from decoders import cli, stop_signals
+from decoders import cli, metrics_io, stop_signals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECIAL_KEYS = ('name', 'config', 'group')
@@ -212,16 +212,14 @@ def _run_commands(point: dict, workdir: str, stop: _Stop) -> str:
 
 
 def _add_wall_seconds(workdir: str, seconds: float) -> None:
-  """Adds `seconds` to the point's WALL_FILE (written atomically)."""
+  """Adds `seconds` to the point's WALL_FILE."""
   path = os.path.join(workdir, WALL_FILE)
   try:
     with open(path) as f:
       before = float(json.load(f)['wall_s'])
   except (OSError, ValueError, KeyError, TypeError):
     before = 0.0
-  with open(path + '.tmp', 'w') as f:
-    json.dump({'wall_s': before + seconds}, f)
-  os.replace(path + '.tmp', path)
+  metrics_io.write_json(path, {'wall_s': before + seconds})  # atomic
 
 
 class SweepStopped(Exception):

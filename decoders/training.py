@@ -423,6 +423,7 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
         loss, mse = float(step_metrics['loss']), float(step_metrics['mse'])
         ips = (done - s_log) * config.batch_size / max(now - t_log, 1e-9)
         timing['train_s'] += now - t_log
+        timing['timed_steps'] += done - s_log
         t_log, s_log = now, done
         record = {'train/loss': loss, 'train/psnr': -10 * math.log10(max(mse, 1e-10)),
                   'train/images_per_s': ips}
@@ -442,9 +443,7 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
         # (an asynchronous save still in flight when the next one starts could lose two).
         run.checkpoints.save(done, state, wait=True)
         writer.flush()  # TensorBoard on disk up to the checkpoint, as metrics.jsonl is
-        metrics_io.write_json(os.path.join(workdir, TIMING_FILE),
-                              dict(timing, step=done, timed_steps=timing['timed_steps']
-                                   + s_log - start))
+        metrics_io.write_json(os.path.join(workdir, TIMING_FILE), dict(timing, step=done))
         last_saved = done
       if stopping:
         raise Stopped(stop.received[0], done)
@@ -454,10 +453,8 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
     progress.close()
     writer.close()
   if start < end == config.num_steps:
-    timed = timing['timed_steps'] + end - start
-    summary = dict(step=end, first_step_s=timing['first_step_s'], train_s=timing['train_s'],
-                   images_per_s=timed * config.batch_size / max(timing['train_s'], 1e-9),
-                   timed_steps=timed, attempts=timing['attempts'])
+    summary = dict(timing, step=end, images_per_s=timing['timed_steps'] * config.batch_size
+                   / max(timing['train_s'], 1e-9))
     metrics_io.write_json(os.path.join(workdir, 'train_summary.json'), summary)
     evaluation.save_figures(run.model(state), val, final,
                             os.path.join(workdir, 'figures'), batch_size=config.eval.batch_size,
@@ -471,12 +468,12 @@ TIMING_FILE = 'train_timing.json'
 
 
 def _timing_before(workdir: str, start: int) -> dict:
-  """This attempt's starting point for train_summary.json, from the attempts before it.
+  """The run's training time before this attempt, which the loop then adds to at each log line.
 
   first_step_s: the first attempt's first step (its compile); train_s: training seconds so far,
   each attempt's first step included; timed_steps: the steps train_s covers (a step trained after
   the last log line of an attempt is not timed; one trained again after a kill is timed once);
-  attempts: the attempts so far, this one included.
+  attempts: the attempts so far, this one included. train_summary.json holds these at the end.
   """
   fresh = dict(first_step_s=None, train_s=0.0, timed_steps=0, attempts=1)
   if start == 0:
