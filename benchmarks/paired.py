@@ -7,7 +7,7 @@
 Why paired: on the shared 2-core machine the same step's speed moves by 10-20% from one process
 to the next and over minutes, more than most single changes gain, so two separate runs cannot
 tell a 5% change from noise. Here both variants are compiled in one process (the attribute is set
-before each is traced, then left at B) and timed in alternating short blocks (A B, then B A, ...),
+and JAX's caches cleared before each is traced and compiled, then left at B) and timed in alternating short blocks (A B, then B A, ...),
 so drifts hit both alike; the result is the median over rounds of the per-round ratio B/A, with
 its interquartile range. An A/A run (the same value twice) shows the noise floor.
 
@@ -51,15 +51,29 @@ def _quartiles(values):
   return ordered[len(ordered) // 4], ordered[(3 * len(ordered)) // 4]
 
 
+def compile_variant(dataset: str, name: str, module, attr: str, value):
+  """The benchmark step compiled with module.attr = value: (compiled step, state, images, indices).
+
+  The attribute is read while the step is traced. JAX caches traces of jitted functions by their
+  arguments, not by the module attributes they read (the model's loss is one, `training.
+  _part_sums`), so every cache is cleared first, and the step is compiled ahead of time: a later
+  clear cannot make a variant retrace under the other's value.
+  """
+  import jax
+  block, options = throughput.BLOCKS[name]
+  setattr(module, attr, value)
+  jax.clear_caches()
+  step, state, images, indices, _ = throughput._jax_setup(dataset, block, options, 'auto')
+  return step.lower(state, images, indices[0]).compile(), state, images, indices
+
+
 def paired(dataset: str, name: str, module, attr: str, values, *, rounds: int, steps: int):
   """Median images/s of A and B, and the median and IQR of the per-round ratio B/A."""
   import jax
-  block, options = throughput.BLOCKS[name]
   variants = []
   for value in values:
-    setattr(module, attr, value)  # read while the step is traced, on its first call
-    step, state, images, indices, _ = throughput._jax_setup(dataset, block, options, 'auto')
-    for i in range(3):  # compile, warm up
+    step, state, images, indices = compile_variant(dataset, name, module, attr, value)
+    for i in range(2):  # warm up
       state, _ = step(state, images, indices[i])
     jax.block_until_ready(state)
     variants.append([step, state, images, indices, []])

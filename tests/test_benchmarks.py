@@ -31,6 +31,21 @@ def test_parse_setting_errors_are_one_line(text, match):
   assert '\n' not in str(info.value)
 
 
+def test_paired_variants_compile_under_their_own_value():
+  # The step's loss is a jitted function traced once per argument shapes: without clearing JAX's
+  # caches the second variant reused the first one's trace, and every A/B timed A twice.
+  original = polyphase.IM2COL_MAX_C_IN
+  try:
+    programs = [paired.compile_variant('mnist', 'tconv_k3', polyphase, 'IM2COL_MAX_C_IN',
+                                       value)[0].as_text() for value in (0, 4)]
+    assert polyphase.IM2COL_MAX_C_IN == 4  # left at B
+  finally:
+    polyphase.IM2COL_MAX_C_IN = original
+  # The encoder's first conv has C_in 1: its 9 im2col columns (4 batch parts of 32 images,
+  # 32 * 14 * 14 output pixels each) exist only under B.
+  assert 'f32[9,6272]' in programs[1] and 'f32[9,6272]' not in programs[0]
+
+
 def test_layers_benchmark_times_every_conv_layer_on_its_input_shape():
   import jax.numpy as jnp
   from benchmarks import layers, throughput
