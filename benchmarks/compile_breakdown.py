@@ -15,7 +15,7 @@ computation once, so the batch parts' identical copies cost no extra kernels.
 
 Each measurement is a fresh process (nothing compiled yet; the benchmarks never turn the
 compilation cache on) building the step exactly as `benchmarks.throughput` does, glibc malloc
-tuned as `train.py` tunes it (one arena: it costs the compile 0.5-1 s on 2 cores, BENCHMARKS.md,
+tuned as `train.py` tunes it (one arena: it costs the compile 0.2-1.1 s on 2 cores, BENCHMARKS.md,
 "glibc malloc and the compile"). The phases are
 JAX's own timers (`jax.monitoring` events): tracing the step to a jaxpr, lowering it to
 StableHLO, and XLA's backend compile (HLO passes, fusion, LLVM code generation); then the first

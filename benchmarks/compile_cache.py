@@ -60,7 +60,8 @@ def main(argv=None):
            '|---|---|---:|---|---:|---:|---:|']
   for config in args.configs.split(','):
     for repeat in range(args.repeat):
-      for name, root in checkouts:
+      # Alternate which checkout goes first, so that a drift of the host favours neither.
+      for name, root in (checkouts if repeat % 2 == 0 else checkouts[::-1]):
         with tempfile.TemporaryDirectory() as tmp:
           cache = os.path.join(tmp, 'cache')
           for case, folder in (('cold', cache), ('warm', cache), ('off', '')):

@@ -31,6 +31,8 @@ VARIANTS = ('run', 'run_default', 'build', 'op_by_op')
 
 def worker(config_name: str, variant: str) -> dict:
   sys.path.insert(0, ROOT)
+  from benchmarks import throughput
+  throughput.tune_malloc()  # as train.py runs (one arena slows XLA's compile threads)
   import importlib
   import types
   import jax

@@ -161,7 +161,8 @@ def report(rows, args, started: str) -> str:
       f'(seed {args.seed}), same batches, same Adam and warmup-cosine schedule; test PSNR = '
       f'10 log10(1 / mse) over the whole test split; "ok" = JAX - PyTorch >= -{TOLERANCE_DB} dB. '
       'JAX wall = train_and_evaluate (training, val evals, figures); JAX train = its train_s '
-      '(includes compilation and the step-0 val eval); torch train = its training loop.', '',
+      '(includes compilation, not the val evals nor the one checkpoint save after the last '
+      'step); torch train = its training loop.', '',
       '| dataset | block | steps | batch | JAX test PSNR | PyTorch test PSNR | JAX - PyTorch '
       '(dB) | ok | JAX SSIM | PyTorch SSIM | JAX wall s | JAX train s | torch train s |',
       '|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|']

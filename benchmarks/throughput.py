@@ -24,8 +24,9 @@ One train step = gather a batch from uint8 images, forward, MSE, backward, Adam 
 dataset, block) runs in its own subprocess so thread pools never mix, and repeats interleave the
 configs so load drifts hit all of them alike. Results: median and min-max images/s, the ratio to
 torch.compile, compile / first-step time, and GFLOP/s on useful FLOPs (each layer's
-multiply-adds as the model defines it, no products with inserted zeros, x2 for FLOPs, forward +
-input gradient + weight gradient; see `useful_flops`) against the measured fp32 matmul peak,
+multiply-adds as the model defines it, no products with inserted zeros or repeated samples, x2
+for FLOPs, forward + input gradient + weight gradient; see `useful_flops`) against the measured
+fp32 matmul peak,
 and how many cores each framework kept busy over the timed steps (process CPU time / wall time:
 2.00 means both cores of this machine worked throughout). The full loop
 (`training.train_and_evaluate` on real MNIST: data, logging, checkpoints) is read from its
@@ -80,6 +81,10 @@ def layer_macs(image_shape, block: str, options: dict) -> list[tuple[str, int, b
     k = options.get('kernel_size', 3)
     if block in ('tconv', 'tconv_blur'):
       layers.append((f'block{i} tconv k{k}', h * w * k * k * a * b, True, True))
+    elif block == 'resize_conv' and options.get('method') == 'nearest':
+      # Nearest x2 repeats each sample: the k3 conv over it needs only a 2x2 kernel per output
+      # phase, 4 multiplies per output pixel and channel pair, not 9 (2026-12-07: counted as 9).
+      layers.append((f'block{i} nearest+conv', 4 * h * w * 4 * a * b, True, True))
     elif block == 'resize_conv':
       layers.append((f'block{i} resize+conv', 4 * h * w * 9 * a * b, True, True))
     elif block == 'subpixel':
@@ -278,8 +283,9 @@ def threads(args) -> str:
   return '\n'.join(lines)
 
 
-def loop_worker(steps, data_dir, bare_steps=100, warmup=5):
-  """The real training loop on MNIST (tconv k3), then its bare step in the same process.
+def loop_worker(steps, data_dir, impl='auto', bare_steps=100, warmup=5):
+  """The real training loop on MNIST (tconv k3, model.impl `impl`), then its bare step in the
+  same process.
 
   The loop's numbers come from workdir/train_summary.json and metrics.jsonl. The bare step is
   the same `Run.step_fn()` timed after the loop as `jax_worker` times it (indices on device up
@@ -291,7 +297,7 @@ def loop_worker(steps, data_dir, bare_steps=100, warmup=5):
   from decoders import data, training
   config = mnist.get_config()
   with config.unlocked():
-    config.num_steps, config.eval_every = steps, 0
+    config.num_steps, config.eval_every, config.model.impl = steps, 0, impl
     config.log_every, config.checkpoint_every = loop_intervals(steps)
     config.eval.num_val = 1000
     config.data.dir = data_dir
@@ -351,7 +357,7 @@ def run_worker(args) -> dict:
   if args.kind == 'ops':
     return ops_worker()
   if args.kind == 'loop':
-    return loop_worker(args.steps, args.data_dir)
+    return loop_worker(args.steps, args.data_dir, args.impl)
   block, options = BLOCKS[args.block]
   if args.kind == 'profile':
     return profile_worker(args.dataset, block, options, args.impl, top=args.top,
@@ -369,8 +375,13 @@ def run_worker(args) -> dict:
 # Driver.
 
 def _spawn(argv: list[str], root: str, timeout: float, env=None, one_core=False) -> dict:
-  """Runs one worker; one_core pins it to a single core before it starts (its thread pools too)."""
+  """Runs one worker; one_core pins it to a single core before it starts (its thread pools too).
+
+  Workers never see a persistent compilation cache (a JAX_COMPILATION_CACHE_DIR in the caller's
+  environment would turn every compile after the first repeat into a cache load).
+  """
   cmd = [sys.executable, '-m', 'benchmarks.throughput', 'worker'] + argv + ['--root', root]
+  env = dict(os.environ if env is None else env, JAX_COMPILATION_CACHE_DIR='')
   cores = {min(os.sched_getaffinity(0))}
   pin = (lambda: os.sched_setaffinity(0, cores)) if one_core else None
   t = time.perf_counter()
@@ -407,7 +418,7 @@ def drive(args) -> dict:
           print(rep, dataset, name, kind, json.dumps(r), flush=True)
     if args.loop_steps:
       r = _spawn(['loop', '--steps', str(args.loop_steps), '--data_dir', args.data_dir,
-                  '--malloc', args.malloc], REPO, 900)
+                  '--impl', args.impl, '--malloc', args.malloc], REPO, 900)
       runs.setdefault('loop', []).append(r)
       print(rep, 'loop', json.dumps(r), flush=True)
   return dict(runs=runs, total_s=time.perf_counter() - t0)
@@ -429,7 +440,8 @@ def _stats(rs, key='ips'):
 
 
 def _per_repeat_ratios(a_runs, b_runs) -> list[float]:
-  """a / b images/s within each repeat, where the two ran back to back (slow drifts cancel)."""
+  """a / b images/s within each repeat, where the two ran within about 20 s of each other (JAX,
+  torch eager, torch.compile in turn), so that slow drifts of the host cancel."""
   return [a['ips'] / b['ips'] for a, b in zip(a_runs, b_runs) if 'ips' in a and 'ips' in b]
 
 
@@ -551,7 +563,8 @@ def profile_worker(dataset, block, options, impl, steps=10, top=12, batch_splits
 
   batch_splits 0 is the config's (auto: 4 on one CPU device). With several parts running at once
   each op's time includes waiting for the other core, so `--batch_splits 1` shows what each op
-  costs on its own (BENCHMARKS.md: a tap slice reads 1.5-2 ms with 4 parts, 0.33 ms alone).
+  costs on its own (with 4 parts running at once, a tap slice read several times its cost alone
+  in the profiles of 2026-12-03).
   """
   import collections
   import re
@@ -628,8 +641,10 @@ def compare_flags(args) -> str:
     for dataset in args.datasets:
       for name in args.blocks:
         for flags in candidates:
-          argv = ['jax', '--dataset', dataset, '--block', name, '--steps', str(args.steps),
-                  '--warmup', str(args.warmup), '--malloc', args.malloc]
+          kind = f'jax:splits={args.batch_splits}' if args.batch_splits else 'jax'
+          argv = [kind, '--dataset', dataset, '--block', name, '--impl', args.impl,
+                  '--steps', str(args.steps), '--warmup', str(args.warmup),
+                  '--malloc', args.malloc]
           env = dict(os.environ, XLA_FLAGS=flags)
           r = _spawn(argv, REPO, 600, env=env)
           runs.setdefault((f'{dataset} {name}', flags), []).append(r)
@@ -725,8 +740,8 @@ def main(argv=None):
                       help="flags mode: '|'-separated XLA_FLAGS values (default: FLAG_CANDIDATES)")
   parser.add_argument('--top', type=int, default=12, help='profile: slowest HLO ops listed')
   parser.add_argument('--batch_splits', type=int, default=0,
-                      help='profile: batch parts of the step (0: the config\'s, auto; 1 shows '
-                      'per-op costs without the other parts contending)')
+                      help='profile, flags: batch parts of the step (0: the config\'s, auto; '
+                      '1 shows per-op costs without the other parts contending)')
   parser.add_argument('--json', default='', help='also write the raw runs here')
   parser.add_argument('--from_json', default='',
                       help="print the report of a run saved with --json (the run's own options)")
