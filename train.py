@@ -47,6 +47,11 @@ def main(argv):
     cli.fail(str(e), 128 + e.signum)
   except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
     cli.fail('interrupted; run the same command again to resume from the last checkpoint', 130)
+  except Exception as e:  # pylint: disable=broad-except  # an XLA allocation failure is one line
+    message = cli.out_of_memory(e)
+    if message is None:
+      raise
+    cli.fail(message + '; the last checkpoint (if any) is kept')
   if not metrics:
     print(f'{FLAGS.workdir} already holds the finished run (step {config.num_steps}); nothing to '
           f'do. Evaluate it: python eval.py --workdir={FLAGS.workdir}')

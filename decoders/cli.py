@@ -75,3 +75,16 @@ def config_from_flag(value):
     missing = re.search(r'Attempted \[Relative path\]: (\S+) \[Errno 2\]', ' '.join(str(e).split()))
     fail(f'--config file not found: {missing.group(1)}' if missing else ' '.join(str(e).split()))
   return value
+
+
+def out_of_memory(error: BaseException) -> str | None:
+  """One line for XLA's RESOURCE_EXHAUSTED (an allocation failed), else None.
+
+  A too-large batch is a user error like any other: it deserves a hint, not a traceback.
+  """
+  text = str(error)
+  if 'RESOURCE_EXHAUSTED' not in text:
+    return None
+  first = next((line.strip() for line in text.splitlines() if 'RESOURCE_EXHAUSTED' in line), '')
+  return (f'out of memory ({first}); reduce --config.batch_size or --config.eval.batch_size, '
+          'or use a device with more memory')

@@ -120,11 +120,12 @@ class Progress:
     self._last = start
 
   def update(self, step: int, record: dict) -> None:
-    self._bar.update(step - self._last)
-    self._last = step
+    # The postfix first: `update` redraws the bar, which then shows this step's numbers.
     self._bar.set_postfix(loss=f"{record['train/loss']:.4g}",
                           psnr=f"{record['train/psnr']:.2f}",
                           img_s=f"{record['train/images_per_s']:.0f}", refresh=False)
+    self._bar.update(step - self._last)
+    self._last = step
 
   def close(self) -> None:
     self._bar.close()

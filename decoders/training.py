@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -137,11 +136,23 @@ def _flatten(config_dict, prefix=''):
   return out
 
 
-def check_workdir(workdir: str, config, *, overwrite: bool) -> None:
-  """Refuses (RunError) a workdir whose config.json describes a different run; writes nothing."""
+def has_checkpoint(workdir: str) -> bool:
+  """Whether workdir/checkpoints lists a finished step (a directory named by its step)."""
+  try:
+    return any(name.isdigit() for name in os.listdir(os.path.join(workdir, 'checkpoints')))
+  except OSError:
+    return False
+
+
+def check_workdir(workdir: str, config, *, overwrite: bool) -> list[str]:
+  """Refuses (RunError) a workdir whose config.json describes a different run; writes nothing.
+
+  A workdir without a checkpoint holds nothing trained (e.g. a run that failed before its first
+  save): any config may start there. Returns the config keys that changed.
+  """
   path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    return
+  if not os.path.exists(path) or not has_checkpoint(workdir):
+    return []
   try:
     with open(path) as f:
       old = _flatten(json.load(f))
@@ -157,9 +168,7 @@ def check_workdir(workdir: str, config, *, overwrite: bool) -> None:
     shown = ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in different[:4])
     raise RunError(f'{workdir} holds a run with a different config ({shown}); use a new '
                    f'--workdir, or --overwrite to continue this run under the new config')
-  if changed:
-    logging.warning('workdir config changed (%s); resuming under the new config',
-                    ', '.join(changed))
+  return changed
 
 
 def write_config(workdir: str, config) -> None:
@@ -375,19 +384,65 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
   """
   from decoders import evaluation  # the one eval path; imported here to keep startup light
   validate_config(config)
-  check_workdir(workdir, config, overwrite=overwrite)
+  changed = check_workdir(workdir, config, overwrite=overwrite)
   # Data, model and checkpoint first: user errors surface before anything is written (a run's
   # config.json changes only once its checkpoint has restored under the new config).
   run = Run(config, workdir, data.build_dataset(config))
-  new_run = not os.path.exists(os.path.join(workdir, 'config.json'))
-  if new_run:
-    write_config(workdir, config)  # config.json is a run's first file
-  start, state = run.restore()
-  if start > config.num_steps:
-    raise RunError(f'{workdir} holds a checkpoint at step {start}, past num_steps='
-                   f'{config.num_steps}; use a new --workdir')
-  if not new_run:
-    write_config(workdir, config)
+  with _workdir_lock(workdir):
+    new_run = not has_checkpoint(workdir)
+    if new_run:
+      write_config(workdir, config)  # config.json is a run's first file
+    try:
+      start, state = run.restore()
+    except RunError as e:
+      raise RunError(f'{e}; use a new --workdir for this config') from e
+    if start > config.num_steps:
+      raise RunError(f'{workdir} holds a checkpoint at step {start}, past num_steps='
+                     f'{config.num_steps}; use a new --workdir')
+    if start == config.num_steps:
+      return {}  # finished: nothing to train, and its config.json stays the one it trained with
+    if not new_run:
+      write_config(workdir, config)
+      if changed:
+        print(f'config changed ({", ".join(changed)}); resuming under the new config',
+              file=sys.stderr, flush=True)
+    return _train(run, config, workdir, start, state, stop_after, evaluation)
+
+
+def _workdir_lock(workdir: str):
+  """Holds workdir/.lock for one training process (single-process runs).
+
+  Two processes training in one workdir would each save checkpoints and rewrite metrics.jsonl
+  under the other. The lock is an advisory flock, released by the OS when the process exits,
+  however it exits; its file stays. Multi-process runs share the workdir by design and skip it.
+  """
+  import contextlib
+  import fcntl
+  if jax.process_count() > 1:
+    return contextlib.nullcontext()
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    handle = open(os.path.join(workdir, '.lock'), 'a')
+  except OSError as e:
+    raise RunError(f'cannot write to workdir {workdir}: {e.strerror or e}') from e
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    handle.close()
+    raise RunError(f'another process is training in {workdir}; wait for it to end, or use a '
+                   'new --workdir') from None
+
+  @contextlib.contextmanager
+  def held():
+    try:
+      yield
+    finally:
+      handle.close()  # closing the file releases the lock
+  return held()
+
+
+def _train(run, config, workdir, start, state, stop_after, evaluation) -> dict:
+  """The training loop of `train_and_evaluate`, from the restored (start, state)."""
   images = jax.device_put(run.dataset.train, run.replicated)
   val = run.dataset.val[:config.eval.num_val]
   if start:

@@ -106,3 +106,12 @@ def test_write_json_is_atomic(tmp_path):
   metrics_io.write_json(path, {'b': 1, 'a': [1, 2]})
   assert json.load(open(path)) == {'a': [1, 2], 'b': 1}
   assert os.listdir(tmp_path) == ['r.json']
+
+
+def test_progress_bar_shows_the_numbers_of_the_step_it_reached(capsys):
+  progress = metrics_io.Progress(0, 10)
+  progress._bar.mininterval = 0  # redraw at every update, as after a slow log interval
+  progress.update(5, {'train/loss': 0.125, 'train/psnr': 18.5, 'train/images_per_s': 900.0})
+  drawn = capsys.readouterr().err.split('\r')[-1]
+  assert '5/10' in drawn and 'loss=0.125' in drawn and 'psnr=18.50' in drawn, drawn
+  progress.close()

@@ -186,8 +186,53 @@ def test_a_refused_resume_leaves_config_json_as_it_was(tmp_path):
     assert f.read() == before
 
 
+def test_a_run_that_failed_before_its_first_checkpoint_does_not_hold_its_config(tmp_path):
+  workdir = str(tmp_path)
+  diverging = small_config(**{'num_steps': 60, 'checkpoint_every': 50, 'log_every': 1,
+                              'model.kind': 'vae', 'learning_rate': 1e4, 'warmup_steps': 10,
+                              'lr_schedule': 'constant'})
+  with pytest.raises(training.RunError, match='stopped before any checkpoint'):
+    training.train_and_evaluate(diverging, workdir)
+  assert os.path.exists(tmp_path / 'config.json') and not training.has_checkpoint(workdir)
+  # Nothing was trained: the corrected config starts here, and config.json becomes its own.
+  fixed = small_config(num_steps=2, checkpoint_every=2, log_every=1)
+  training.train_and_evaluate(fixed, workdir)
+  assert training.load_config(workdir).to_json() == fixed.to_json()
+  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  assert [r['step'] for r in rows if 'train/loss' in r] == [1, 2]  # the failed attempt's gone
+
+
+def test_a_finished_run_trains_nothing_and_keeps_its_config(tmp_path):
+  workdir = str(tmp_path)
+  training.train_and_evaluate(small_config(num_steps=2, checkpoint_every=2), workdir)
+  before = (tmp_path / 'config.json').read_text()
+  files = sorted(os.listdir(workdir))
+  # Even under --overwrite with another seed and rate: nothing is trained, so nothing changes.
+  assert training.train_and_evaluate(small_config(num_steps=2, checkpoint_every=2, seed=7,
+                                                  learning_rate=0.5), workdir,
+                                     overwrite=True) == {}
+  assert (tmp_path / 'config.json').read_text() == before
+  assert sorted(os.listdir(workdir)) == files  # no new TensorBoard event file either
+
+
+def test_a_workdir_trains_in_one_process_at_a_time(tmp_path):
+  workdir = str(tmp_path / 'run')
+  with training._workdir_lock(workdir):  # as a second process would find it
+    with pytest.raises(training.RunError, match='another process is training in'):
+      training.train_and_evaluate(small_config(num_steps=2, checkpoint_every=2), workdir)
+    assert not os.path.exists(os.path.join(workdir, 'config.json'))
+  training.train_and_evaluate(small_config(num_steps=2, checkpoint_every=2), workdir)
+  assert training.has_checkpoint(workdir)
+
+
+def _pretend_trained(workdir) -> None:
+  """A finished checkpoint step as check_workdir sees it (a directory named by its step)."""
+  os.makedirs(os.path.join(workdir, 'checkpoints', '1'))
+
+
 def test_workdir_with_another_config_is_refused(tmp_path):
   training.prepare_workdir(str(tmp_path), small_config(), overwrite=False)
+  _pretend_trained(tmp_path)
   with pytest.raises(training.RunError, match='different config.*model.upsample'):
     training.prepare_workdir(str(tmp_path), small_config(**{'model.upsample': 'subpixel'}),
                              overwrite=False)
@@ -199,10 +244,12 @@ def test_workdir_with_another_config_is_refused(tmp_path):
   constant = dict(lr_schedule='constant', warmup_steps=50)
   training.prepare_workdir(str(tmp_path / 'c'), small_config(num_steps=200, **constant),
                            overwrite=False)
+  _pretend_trained(tmp_path / 'c')
   training.prepare_workdir(str(tmp_path / 'c'), small_config(num_steps=400, **constant),
                            overwrite=False)
   training.prepare_workdir(str(tmp_path / 'short'), small_config(num_steps=20, **constant),
                            overwrite=False)
+  _pretend_trained(tmp_path / 'short')
   with pytest.raises(training.RunError, match='num_steps'):
     training.prepare_workdir(str(tmp_path / 'short'), small_config(num_steps=400, **constant),
                              overwrite=False)
@@ -398,8 +445,20 @@ def test_different_config_in_workdir_is_refused_and_kept(tmp_path):
   workdir.mkdir()
   original = small_config().to_json(indent=2)
   (workdir / 'config.json').write_text(original)
-  (workdir / 'checkpoints').mkdir()
+  _pretend_trained(workdir)
   out = run_train('--config=configs/cifar10.py', f'--workdir={workdir}')
   assert out.returncode == 2 and 'different config' in out.stderr
   assert 'Traceback' not in out.stderr
-  assert (workdir / 'config.json').read_text() == original and (workdir / 'checkpoints').exists()
+  assert (workdir / 'config.json').read_text() == original
+  assert (workdir / 'checkpoints' / '1').exists()
+
+
+def test_out_of_memory_is_one_line_with_a_hint():
+  from decoders import cli
+  error = jax.errors.JaxRuntimeError(
+      'RESOURCE_EXHAUSTED: Out of memory allocating 40140800000 bytes.\nmore detail')
+  message = cli.out_of_memory(error)
+  assert message.startswith('out of memory (RESOURCE_EXHAUSTED: Out of memory allocating '
+                            '40140800000 bytes.); reduce --config.batch_size')
+  assert '\n' not in message
+  assert cli.out_of_memory(ValueError('shapes do not match')) is None
