@@ -108,8 +108,9 @@ def _checked(images, name: str, where: str) -> np.ndarray:
   return images
 
 
-def _read_npz(name: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
-  """Returns (train, test) uint8 images from `<data_dir>/<name>.npz`."""
+def npz_path(name: str, data_dir: str | None) -> str:
+  """The path of `<data_dir>/<name>.npz` (data_dir empty: $DECODERS_DATA_DIR); DataError if the
+  folder is not set or the file is not there."""
   if not data_dir:
     data_dir = os.environ.get(DATA_DIR_ENV, '')
     if not data_dir:
@@ -118,6 +119,12 @@ def _read_npz(name: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
   path = os.path.join(data_dir, f'{name}.npz')
   if not os.path.isfile(path):
     raise DataError(f'{name}.npz not found: looked for {os.path.abspath(path)}; {_HOW_TO_GET}')
+  return path
+
+
+def _read_npz(name: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+  """Returns (train, test) uint8 images from `<data_dir>/<name>.npz`."""
+  path = npz_path(name, data_dir)
   keys = ('train_images', 'test_images')
   # Damaged archives fail at open or only when a member is decompressed, with any of these; a
   # bare .npy under an .npz name loads as an array and fails the `with` with TypeError.

@@ -10,7 +10,11 @@ holds the point's own config and an eval.json of the test split at the final ste
 interrupted one resumes from its checkpoint (train.py does that).
 Ctrl-C or SIGTERM stops the sweep: no new point starts, the running trainings get SIGTERM and save
 the step they reached, and the same command resumes.
-`--dry_run` prints one shell command per point, for Slurm, a TPU pod or a batch queue.
+Before any point starts, the npz file of each dataset the points still to run read is looked
+for, as train.py looks for it: a missing `<dataset>.npz` or data folder (e.g. $DECODERS_DATA_DIR
+not set) stops the sweep in one line (exit 2) and writes nothing.
+`--dry_run` prints one shell command per point, for Slurm, a TPU pod or a batch queue; it needs no
+data on this machine.
 """
 from __future__ import annotations
 
@@ -93,15 +97,27 @@ def apply_overrides(config, point: dict):
   for key, value in point.items():
     if key in SPECIAL_KEYS:
       continue
-    node = config
-    *parents, leaf = key.split('.')
     try:
-      for part in parents:
-        node = node[part]
-      node[leaf] = tuple(value) if isinstance(value, list) else value
-    except (KeyError, AttributeError, TypeError) as e:
-      raise SweepError(f'point {point["name"]}: cannot set {key}={value!r}: {e}') from e
+      _set(config, key, tuple(value) if isinstance(value, list) else value)
+    except (KeyError, AttributeError, TypeError) as e:  # as train.py words a bad --config.key
+      raise SweepError(f'point {point["name"]}: cannot set {key}={value!r}: {cli.describe(e)}'
+                       ) from e
   return config
+
+
+def _set(config, key: str, value) -> None:
+  """config[key] = value for a dotted `key`.
+
+  Every part is read before the leaf is written: a missing key then raises ml_collections'
+  `'key'` + `Did you mean` KeyError (what cli.describe words), not the locked config's write
+  error, which lists every field of the parent in one repr.
+  """
+  *parents, leaf = key.split('.')
+  node = config
+  for part in parents:
+    node = node[part]
+  node[leaf]  # pylint: disable=pointless-statement
+  node[leaf] = value
 
 
 def _flag_value(value) -> str:
@@ -136,6 +152,39 @@ def is_finished(point: dict, workdir: str) -> bool:
   # the point runs again (train.py refuses a different config in sweep.log; eval.py rewrites).
   return (config == requested_config(point) and evaluated.get('split') == 'test'
           and evaluated.get('step') == config.get('num_steps'))
+
+
+def check_data(points: list[dict]) -> None:
+  """Raises SweepError unless every npz file the points read is there (data.source='tfds' is
+  not checked). Once per distinct (dataset, folder), as train.py looks for it: a missing file
+  or data folder fails the sweep in one line instead of failing every point.
+  """
+  readers = _npz_readers(points)
+  if not readers:
+    return
+  from decoders import data  # pylint: disable=g-import-not-at-top  # imports JAX: only if needed
+  for (dataset, folder), names in readers.items():
+    try:
+      data.npz_path(dataset, folder)
+    except data.DataError as e:
+      more = f' and {len(names) - 1} more' if len(names) > 1 else ''
+      raise SweepError(f'point {names[0]}{more}: {e}') from e
+
+
+def _npz_readers(points: list[dict]) -> dict[tuple[str, str], list[str]]:
+  """(dataset, npz folder as the points' train.py sees it) -> names of the points reading it."""
+  configs = [(p['name'], requested_config(p)) for p in points]
+  configs = [(name, c) for name, c in configs if c['data']['source'] == 'npz']
+  if not configs:
+    return {}
+  from decoders import data  # pylint: disable=g-import-not-at-top
+  readers: dict[tuple[str, str], list[str]] = {}
+  for name, config in configs:
+    if config['dataset'] in data.IMAGE_SHAPES:  # else train.py says which names are valid
+      folder = config['data']['dir'] or os.environ.get(data.DATA_DIR_ENV, '')
+      folder = folder and os.path.join(ROOT, folder)  # train.py runs in ROOT
+      readers.setdefault((config['dataset'], folder), []).append(name)
+  return readers
 
 
 class _Stop:
@@ -346,6 +395,10 @@ def main(argv):
       print(f'cd {shlex.quote(ROOT)} && ' + ' && '.join(
           shlex.join(['python'] + c[1:]) for c in commands(point, workdir)))
     return
+  try:  # before the sweep directory exists: a sweep that cannot run leaves nothing behind
+    check_data([p for p in points if not is_finished(p, os.path.join(sweep_dir, p['name']))])
+  except SweepError as e:
+    cli.fail(str(e))
   try:
     os.makedirs(sweep_dir, exist_ok=True)
   except OSError as e:

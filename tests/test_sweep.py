@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -47,6 +48,19 @@ def test_misspelled_key_fails(tmp_path):
                                "'configs/mnist.py', 'model.upsampel': 'tconv'}]\n")
   with pytest.raises(sweep.SweepError, match='upsampel'):
     sweep.load_sweep(path)
+
+
+@pytest.mark.parametrize('key,bad', [('model.upsampel', "'upsampel'; did you mean \"upsample\"?"),
+                                     ('modle.upsample', "'modle'; did you mean \"model\"?"),
+                                     ('model.upsample_options.tconv.kernel_sise',
+                                      "'kernel_sise'; did you mean \"kernel_size\"?")])
+def test_misspelled_key_reads_as_train_py_words_it(key, bad, tmp_path):
+  path = write_sweep(tmp_path, "def get_sweep():\n  return [{'name': 'a', 'config': "
+                               f"'configs/mnist.py', '{key}': 3}}]\n")
+  with pytest.raises(sweep.SweepError) as error:
+    sweep.load_sweep(path)
+  # Not ml_collections' repr of the locked config (escaped quotes, literal \n, every field).
+  assert str(error.value) == f'point a: cannot set {key}=3: unknown config key {bad}'
 
 
 def test_empty_sweep_fails(tmp_path):
@@ -130,3 +144,96 @@ def test_bad_sweep_invocations(args, match, tmp_path):
   out = run_sweep_cli(*args, f'--workdir={tmp_path}')
   assert out.returncode == 2 and 'Traceback' not in out.stderr
   assert len(out.stderr.strip().splitlines()) == 1 and match in out.stderr
+
+
+def run_main(monkeypatch, capsys, spec, workdir, dry_run=False):
+  """sweep.main in this process (its flags exist only under __main__): (exit code, out, err)."""
+  monkeypatch.setattr(sweep, 'FLAGS', types.SimpleNamespace(
+      sweep=spec, workdir=str(workdir), jobs=1, dry_run=dry_run), raising=False)
+  def no_training(point, *_):
+    raise AssertionError(f'point {point["name"]} started')
+  monkeypatch.setattr(sweep, 'run_point', no_training)
+  try:
+    sweep.main(['sweep'])
+    code = 0
+  except SystemExit as e:
+    code = e.code
+  out = capsys.readouterr()
+  return code, out.out, out.err
+
+
+def test_misspelled_key_fails_the_sweep_in_one_line(monkeypatch, capsys, tmp_path):
+  spec = write_sweep(tmp_path, "def get_sweep():\n  return [{'name': 'a', 'config': "
+                               "'configs/mnist.py'}, {'name': 'b', 'config': 'configs/mnist.py', "
+                               "'model.upsampel': 'tconv'}]\n")
+  code, _, err = run_main(monkeypatch, capsys, spec, tmp_path / 's')
+  assert code == 2 and len(err.splitlines()) == 1 and not (tmp_path / 's').exists()
+  assert err.strip().endswith("error: point b: cannot set model.upsampel='tconv': unknown config "
+                              'key \'upsampel\'; did you mean "upsample"?')
+
+
+@pytest.mark.parametrize('data_dir,match', [
+    (None, 'no data folder for mnist.npz: data.dir is empty and $DECODERS_DATA_DIR is not set'),
+    ('empty', 'mnist.npz not found: looked for '),
+])
+def test_missing_data_fails_before_any_point(data_dir, match, monkeypatch, capsys, tmp_path):
+  if data_dir is None:
+    monkeypatch.delenv('DECODERS_DATA_DIR', raising=False)
+    sweep_dir = tmp_path / 's'
+  else:  # an earlier sweep's directory: left as it was
+    (tmp_path / data_dir).mkdir()
+    monkeypatch.setenv('DECODERS_DATA_DIR', str(tmp_path / data_dir))
+    sweep_dir = tmp_path / 'earlier'
+    (sweep_dir / 'tconv-s0').mkdir(parents=True)
+    (sweep_dir / 'results.md').write_text('earlier')
+  before = sorted(sweep_dir.rglob('*')) if sweep_dir.exists() else None
+  code, _, err = run_main(monkeypatch, capsys, write_sweep(tmp_path, TINY), sweep_dir)
+  assert code == 2 and len(err.splitlines()) == 1 and 'Traceback' not in err
+  assert f'error: point tconv-s0 and 3 more: {match}' in err and 'DECODERS_DATA_DIR' in err
+  assert (sorted(sweep_dir.rglob('*')) if sweep_dir.exists() else None) == before
+  if before:
+    assert (sweep_dir / 'results.md').read_text() == 'earlier'
+
+
+def test_finished_points_need_no_data(monkeypatch, capsys, tmp_path):
+  monkeypatch.delenv('DECODERS_DATA_DIR', raising=False)
+  spec, sweep_dir = write_sweep(tmp_path, TINY), tmp_path / 's'
+  points = sweep.load_sweep(spec)
+  def finish(point):  # as a finished run leaves its workdir
+    workdir = sweep_dir / point['name']
+    workdir.mkdir(parents=True)
+    config = sweep.requested_config(point)
+    (workdir / 'config.json').write_text(json.dumps(config))
+    (workdir / 'eval.json').write_text(json.dumps({'split': 'test', 'step': config['num_steps']}))
+  for point in points[:-1]:
+    finish(point)
+  code, _, err = run_main(monkeypatch, capsys, spec, sweep_dir)
+  assert code == 2 and f'error: point {points[-1]["name"]}: no data folder for mnist.npz' in err
+  finish(points[-1])  # nothing left to run: the table is rebuilt without data
+  code, out, err = run_main(monkeypatch, capsys, spec, sweep_dir)
+  assert code == 0 and '4 already finished, 0 to run' in err and '| tconv | 0 |' in out
+
+
+def test_data_is_checked_once_per_dataset_and_folder(monkeypatch, tmp_path):
+  from decoders import data
+  reads = []
+  monkeypatch.setattr(data, 'npz_path', lambda name, folder: reads.append((name, folder)))
+  # A relative $DECODERS_DATA_DIR is relative to the repository root, where train.py runs.
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv('DECODERS_DATA_DIR', 'data_here')
+  points = sweep.load_sweep(os.path.join(ROOT, 'configs/sweeps/ablation.py:quick'))
+  tfds = dict(points[0], name='tfds', **{'data.source': 'tfds'})
+  sweep.check_data(points + [tfds])
+  assert sorted(reads) == [('cifar10', os.path.join(ROOT, 'data_here')),
+                           ('mnist', os.path.join(ROOT, 'data_here'))]
+  reads.clear()
+  sweep.check_data([tfds])
+  assert not reads
+
+
+def test_dry_run_needs_no_data(monkeypatch, capsys, tmp_path):
+  monkeypatch.delenv('DECODERS_DATA_DIR', raising=False)
+  code, out, err = run_main(monkeypatch, capsys, write_sweep(tmp_path, TINY), tmp_path / 's',
+                            dry_run=True)
+  assert code == 0 and len(out.strip().splitlines()) == 4, err
+  assert not (tmp_path / 's').exists()
