@@ -427,10 +427,12 @@ def _workdir_lock(workdir: str):
     raise RunError(f'cannot write to workdir {workdir}: {e.strerror or e}') from e
   try:
     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except OSError:
+  except BlockingIOError:
     handle.close()
     raise RunError(f'another process is training in {workdir}; wait for it to end, or use a '
                    'new --workdir') from None
+  except OSError:  # a file system without locks: train unlocked, as before locks existed
+    pass
 
   @contextlib.contextmanager
   def held():
