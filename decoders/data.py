@@ -24,7 +24,7 @@ import numpy as np
 IMAGE_SHAPES = {'mnist': (28, 28, 1), 'cifar10': (32, 32, 3)}
 SOURCES = ('npz', 'tfds')
 DATA_DIR_ENV = 'DECODERS_DATA_DIR'
-_HOW_TO_GET = (f'set ${DATA_DIR_ENV} or data.dir to a folder holding mnist.npz / cifar10.npz in '
+HOW_TO_GET = (f'set ${DATA_DIR_ENV} or data.dir to a folder holding mnist.npz / cifar10.npz in '
                'the layout of shared/data/README.md, or use data.source=tfds')
 
 
@@ -115,10 +115,10 @@ def npz_path(name: str, data_dir: str | None) -> str:
     data_dir = os.environ.get(DATA_DIR_ENV, '')
     if not data_dir:
       raise DataError(f'no data folder for {name}.npz: data.dir is empty and ${DATA_DIR_ENV} '
-                      f'is not set; {_HOW_TO_GET}')
+                      f'is not set; {HOW_TO_GET}')
   path = os.path.join(data_dir, f'{name}.npz')
   if not os.path.isfile(path):
-    raise DataError(f'{name}.npz not found: looked for {os.path.abspath(path)}; {_HOW_TO_GET}')
+    raise DataError(f'{name}.npz not found: looked for {os.path.abspath(path)}; {HOW_TO_GET}')
   return path
 
 

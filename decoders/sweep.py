@@ -148,7 +148,8 @@ def is_finished(point: dict, workdir: str) -> bool:
       config = json.load(f)
   except (OSError, ValueError):
     return False
-  # A changed sweep file or an eval.py --split=val leave a run that is not this point's result:
+  # A changed sweep file, or an eval.json of the val split (as eval.py --split=val wrote before
+  # it wrote eval_val.json), leaves a run that is not this point's result:
   # the point runs again (train.py refuses a different config in sweep.log; eval.py rewrites).
   return (config == requested_config(point) and evaluated.get('split') == 'test'
           and evaluated.get('step') == config.get('num_steps'))
@@ -322,7 +323,7 @@ def _read(workdir: str) -> dict:
         sources[kind] = json.load(f)
     except (OSError, ValueError):
       sources[kind] = {}
-  if sources['eval'].get('split') != 'test':  # an eval.py --split=val: not the test columns
+  if sources['eval'].get('split') != 'test':  # an old val eval.json: not the test columns
     sources['eval'] = {}
   sources['init'] = {}
   try:

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -256,9 +257,18 @@ def trained_run(tmp_path_factory):
   return workdir, training.train_and_evaluate(config, workdir)
 
 
-def _eval_py(*args):
+def _eval_py(*args, env=None):
   return subprocess.run([sys.executable, os.path.join(REPO, 'eval.py'), *args],
-                        capture_output=True, text=True, timeout=300, check=False, cwd=REPO)
+                        capture_output=True, text=True, timeout=300, check=False, cwd=REPO,
+                        env=env)
+
+
+def _snapshot(folder):
+  """{name: bytes} of the files in `folder`, to show that a command left them alone."""
+  return {path.name: path.read_bytes() for path in pathlib.Path(folder).iterdir()}
+
+
+TEST_RECORD = '{"split": "test", "step": 2, "psnr": 12.5}\n'  # an earlier test-split eval.json
 
 
 def _damage_newest_checkpoint(workdir):
@@ -275,18 +285,26 @@ def test_eval_py_evaluates_and_compares_runs(trained_run, tmp_path):
   damaged = str(tmp_path / 'damaged')
   shutil.copytree(workdir, damaged)
   _damage_newest_checkpoint(damaged)
+  # A val eval writes eval_val.json and figures_val/; the test split's eval.json (what the sweep
+  # reads) and figures/ (training's, here) stay as they were.
+  (tmp_path / 'damaged' / 'eval.json').write_text(TEST_RECORD)
+  figures = {run: _snapshot(os.path.join(run, 'figures')) for run in (workdir, damaged)}
   result = _eval_py(f'--workdir={workdir}', f'--workdir={damaged}', '--split=val')
   assert result.returncode == 0, result.stderr[-3000:]
+  assert (tmp_path / 'damaged' / 'eval.json').read_text() == TEST_RECORD
+  assert not os.path.exists(os.path.join(workdir, 'eval.json'))
+  for run, files in figures.items():
+    assert files and _snapshot(os.path.join(run, 'figures')) == files, run
   records = []
   for run in (workdir, damaged):
-    with open(os.path.join(run, 'eval.json')) as f:
+    with open(os.path.join(run, 'eval_val.json')) as f:
       records.append(json.load(f))
     for key in ('step', 'dataset', 'upsample', 'seed', 'n', 'params', 'mse', 'psnr', 'ssim',
                 'checkerboard_score', 'checkerboard_score_data', 'checkerboard_db',
                 'alias_horizontal_db', 'alias_vertical_db', 'alias_diagonal_db',
                 'spectral_error', 'split', 'workdir'):
       assert key in records[-1], key
-    assert {f for f in os.listdir(os.path.join(run, 'figures'))} >= {
+    assert {f for f in os.listdir(os.path.join(run, 'figures_val'))} >= {
         'spectra.png', 'radial.png', 'reconstructions.png'}
   good, fallback = records
   assert good['step'] == 2 and good['n'] == 200 and good['split'] == 'val' and good['params'] > 0
@@ -295,25 +313,89 @@ def test_eval_py_evaluates_and_compares_runs(trained_run, tmp_path):
     assert good[key] == pytest.approx(final[key], rel=1e-6, abs=1e-9), key
   assert fallback['step'] == 1  # the damaged step 2 was skipped, with a warning line
   assert f'eval.py: warning: {damaged}: skipped damaged checkpoint at step 2' in result.stderr
+  assert (f'eval.py: warning: {damaged}: evaluating step 1 of 2, its newest valid checkpoint\n'
+          in result.stderr)
+  assert f'eval.py: warning: {workdir}:' not in result.stderr  # finished: step 2 of 2
   assert f'{workdir}: mnist ae tconv, seed 0, step 2' in result.stdout
   table = result.stdout[result.stdout.index('| workdir |'):].splitlines()
   assert len(table) == 4 and table[2].startswith(f'| {workdir} | mnist | ae | tconv | 0 | 2 |')
 
 
+def _with_data_dir(run, workdir, data_dir):
+  """A copy of `run` at `workdir` whose config.json names data.dir=`data_dir`."""
+  shutil.copytree(run, workdir)
+  with open(workdir / 'config.json') as f:
+    config = json.load(f)
+  config['data']['dir'] = data_dir
+  (workdir / 'config.json').write_text(json.dumps(config))
+  return workdir
+
+
+def _one_line_error(result, args):
+  assert result.returncode == 2, (args, result.stderr[-2000:])
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('eval.py: error: '), result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr
+  return lines[0]
+
+
 def test_eval_py_user_errors_are_one_line_exit_2(trained_run, tmp_path):
   # One case per kind of error eval.py handles: flags, training.RunError, data.DataError.
-  no_data = tmp_path / 'no_data'
-  shutil.copytree(trained_run[0], no_data)
-  with open(no_data / 'config.json') as f:
-    config = json.load(f)
-  config['data']['dir'] = str(tmp_path)
-  (no_data / 'config.json').write_text(json.dumps(config))
+  no_data = _with_data_dir(trained_run[0], tmp_path / 'no_data', str(tmp_path))
   for args, message in [((), '--workdir=<dir> is required'),
                         ((f'--workdir={no_data}', '--split=train'), '--split'),
                         ((f'--workdir={tmp_path}',), 'config.json not found'),
                         ((f'--workdir={no_data}',), 'mnist.npz not found')]:
-    result = _eval_py(*args)
-    assert result.returncode == 2, (args, result.stderr[-2000:])
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('eval.py: error: '), result.stderr[-2000:]
-    assert message in lines[0] and 'Traceback' not in result.stderr
+    assert message in _one_line_error(_eval_py(*args), args)
+
+
+def test_eval_py_missing_data_names_what_eval_reads(trained_run, tmp_path):
+  # eval.py has no --config.data.dir: its advice is $DECODERS_DATA_DIR, or the data.dir that the
+  # run's config.json names (which then wins over $DECODERS_DATA_DIR), not "set data.dir".
+  named = _with_data_dir(trained_run[0], tmp_path / 'named', str(tmp_path))
+  unnamed = _with_data_dir(trained_run[0], tmp_path / 'unnamed', '')
+  unset = {k: v for k, v in os.environ.items() if k != 'DECODERS_DATA_DIR'}
+  for workdir, env, message in [
+      (named, dict(os.environ, DECODERS_DATA_DIR=os.path.abspath(DATA_DIR)),
+       f"{named}/config.json names data.dir='{tmp_path}', which eval.py reads"),
+      (unnamed, dict(os.environ, DECODERS_DATA_DIR=str(tmp_path)),
+       f'mnist.npz not found: looked for {tmp_path}/mnist.npz; set $DECODERS_DATA_DIR to a '
+       'folder holding mnist.npz'),
+      (unnamed, unset, 'no data folder for mnist.npz: data.dir is empty and $DECODERS_DATA_DIR '
+       'is not set; set $DECODERS_DATA_DIR to a folder holding mnist.npz')]:
+    line = _one_line_error(_eval_py(f'--workdir={workdir}', env=env), workdir)
+    assert message in line and 'or data.dir' not in line and 'data.source' not in line, line
+
+
+def test_eval_py_unfinished_run_warns_and_writes_the_test_files(trained_run, tmp_path):
+  # A run stopped part-way (its last checkpoint at step 1 of 2): evaluated, with a warning line.
+  workdir = tmp_path / 'stopped'
+  shutil.copytree(trained_run[0], workdir)
+  shutil.rmtree(workdir / 'checkpoints' / '2')
+  shutil.rmtree(workdir / 'figures')  # training's: eval.py writes its own
+  result = _eval_py(f'--workdir={workdir}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  warnings = [l for l in result.stderr.splitlines() if 'warning' in l]
+  assert warnings == [f'eval.py: warning: {workdir}: the run is unfinished (step 1 of 2); '
+                      'evaluating its last checkpoint'], result.stderr[-3000:]
+  with open(workdir / 'eval.json') as f:
+    record = json.load(f)
+  assert record['step'] == 1 and record['split'] == 'test' and record['n'] == 10000
+  assert set(os.listdir(workdir / 'figures')) >= {'spectra.png', 'radial.png',
+                                                  'reconstructions.png'}
+
+
+def test_eval_py_file_system_errors_are_one_line_exit_2(trained_run, tmp_path):
+  # A path eval.py cannot write: one line naming it, exit 2, and the earlier eval.json kept.
+  workdir = tmp_path / 'run'
+  shutil.copytree(trained_run[0], workdir)
+  (workdir / 'eval.json').write_text(TEST_RECORD)
+  shutil.rmtree(workdir / 'figures')
+  (workdir / 'figures').write_text('')  # a file where the folder goes: fails before evaluating
+  line = _one_line_error(_eval_py(f'--workdir={workdir}'), 'figures file')
+  assert line == f'eval.py: error: {workdir}/figures: File exists'
+  os.remove(workdir / 'figures')
+  os.makedirs(workdir / 'figures' / 'spectra.png')  # fails after evaluating, at the first figure
+  line = _one_line_error(_eval_py(f'--workdir={workdir}'), 'spectra.png folder')
+  assert line == f'eval.py: error: {workdir}/figures/spectra.png: Is a directory'
+  assert (workdir / 'eval.json').read_text() == TEST_RECORD  # the figures come first
