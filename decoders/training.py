@@ -402,11 +402,26 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
     if start == config.num_steps:
       return {}  # finished: nothing to train, and its config.json stays the one it trained with
     if not new_run:
+      if changed:  # the config its checkpoints were trained under is kept beside the new one
+        kept = _keep_old_config(workdir, start)
+        print(f'config changed ({", ".join(changed)}); resuming under the new config (the old '
+              f'one is kept as {kept})', file=sys.stderr, flush=True)
       write_config(workdir, config)
-      if changed:
-        print(f'config changed ({", ".join(changed)}); resuming under the new config',
-              file=sys.stderr, flush=True)
     return _train(run, config, workdir, start, state, stop_after, evaluation)
+
+
+def _keep_old_config(workdir: str, step: int) -> str:
+  """Copies config.json to config-until-step-<step>.json (a new name if taken); returns the name."""
+  import shutil
+  name, n = f'config-until-step-{step}.json', 1
+  while os.path.exists(os.path.join(workdir, name)):
+    n += 1
+    name = f'config-until-step-{step}-{n}.json'
+  try:
+    shutil.copyfile(os.path.join(workdir, 'config.json'), os.path.join(workdir, name))
+  except OSError as e:
+    raise RunError(f'cannot write to workdir {workdir}: {e.strerror or e}') from e
+  return name
 
 
 def _workdir_lock(workdir: str):

@@ -215,6 +215,17 @@ def test_a_finished_run_trains_nothing_and_keeps_its_config(tmp_path):
   assert sorted(os.listdir(workdir)) == files  # no new TensorBoard event file either
 
 
+def test_overwrite_keeps_the_config_the_checkpoints_were_trained_under(tmp_path):
+  workdir = str(tmp_path)
+  constant = dict(num_steps=4, checkpoint_every=2, lr_schedule='constant', warmup_steps=1)
+  training.train_and_evaluate(small_config(**constant), workdir, stop_after=2)
+  before = (tmp_path / 'config.json').read_text()
+  training.train_and_evaluate(small_config(**constant, learning_rate=1e-3), workdir,
+                              overwrite=True)
+  assert (tmp_path / 'config-until-step-2.json').read_text() == before
+  assert training.load_config(workdir).learning_rate == 1e-3
+
+
 def test_a_workdir_trains_in_one_process_at_a_time(tmp_path):
   workdir = str(tmp_path / 'run')
   with training._workdir_lock(workdir):  # as a second process would find it
