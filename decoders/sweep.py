@@ -150,7 +150,8 @@ def is_finished(point: dict, workdir: str) -> bool:
     return False
   # A changed sweep file, or an eval.json of the val split (as eval.py --split=val wrote before
   # it wrote eval_val.json), leaves a run that is not this point's result:
-  # the point runs again (train.py refuses a different config in sweep.log; eval.py rewrites).
+  # the point runs again (train.py refuses a different config once the point's run has a
+  # checkpoint, in sweep.log; eval.py rewrites).
   return (config == requested_config(point) and evaluated.get('split') == 'test'
           and evaluated.get('step') == config.get('num_steps'))
 

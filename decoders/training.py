@@ -144,15 +144,16 @@ def has_checkpoint(workdir: str) -> bool:
     return False
 
 
-def check_workdir(workdir: str, config, *, overwrite: bool) -> list[str]:
+def check_workdir(workdir: str, config, *, overwrite: bool) -> tuple[list[str], list[str]]:
   """Refuses (RunError) a workdir whose config.json describes a different run; writes nothing.
 
   A workdir without a checkpoint holds nothing trained (e.g. a run that failed before its first
-  save): any config may start there. Returns the config keys that changed.
+  save): any config may start there. Returns (the config keys that changed, those of them only
+  --overwrite accepts).
   """
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path) or not has_checkpoint(workdir):
-    return []
+    return [], []
   try:
     with open(path) as f:
       old = _flatten(json.load(f))
@@ -168,7 +169,7 @@ def check_workdir(workdir: str, config, *, overwrite: bool) -> list[str]:
     shown = ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in different[:4])
     raise RunError(f'{workdir} holds a run with a different config ({shown}); use a new '
                    f'--workdir, or --overwrite to continue this run under the new config')
-  return changed
+  return changed, different
 
 
 def write_config(workdir: str, config) -> None:
@@ -384,11 +385,13 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
   """
   from decoders import evaluation  # the one eval path; imported here to keep startup light
   validate_config(config)
-  changed = check_workdir(workdir, config, overwrite=overwrite)
+  check_workdir(workdir, config, overwrite=overwrite)
   # Data, model and checkpoint first: user errors surface before anything is written (a run's
   # config.json changes only once its checkpoint has restored under the new config).
   run = Run(config, workdir, data.build_dataset(config))
   with _workdir_lock(workdir):
+    # Again under the lock: another process may have saved a first checkpoint since.
+    changed, forced = check_workdir(workdir, config, overwrite=overwrite)
     new_run = not has_checkpoint(workdir)
     if new_run:
       write_config(workdir, config)  # config.json is a run's first file
@@ -399,15 +402,27 @@ def train_and_evaluate(config, workdir: str, *, overwrite: bool = False,
     if start > config.num_steps:
       raise RunError(f'{workdir} holds a checkpoint at step {start}, past num_steps='
                      f'{config.num_steps}; use a new --workdir')
-    if start == config.num_steps:
-      return {}  # finished: nothing to train, and its config.json stays the one it trained with
+    if start == config.num_steps:  # finished: nothing to train
+      # Settings that do not change what was trained (e.g. eval.*, for the evaluation to come)
+      # are taken; anything only --overwrite accepts is not: config.json stays the trained one.
+      if changed and not forced:
+        _take_new_config(workdir, config, start, changed, 'the finished run takes it')
+      return {}
     if not new_run:
-      if changed:  # the config its checkpoints were trained under is kept beside the new one
-        kept = _keep_old_config(workdir, start)
-        print(f'config changed ({", ".join(changed)}); resuming under the new config (the old '
-              f'one is kept as {kept})', file=sys.stderr, flush=True)
-      write_config(workdir, config)
+      if changed:
+        _take_new_config(workdir, config, start, changed, 'resuming under it')
+      else:
+        write_config(workdir, config)
     return _train(run, config, workdir, start, state, stop_after, evaluation)
+
+
+def _take_new_config(workdir: str, config, step: int, changed: list[str], what: str) -> None:
+  """Writes config.json, keeping the one the checkpoints were trained under beside it."""
+  if jax.process_index() == 0:  # one copy, however many processes share the workdir
+    kept = _keep_old_config(workdir, step)
+    print(f'config changed ({", ".join(changed)}); {what} (the old config is kept as {kept})',
+          file=sys.stderr, flush=True)
+  write_config(workdir, config)
 
 
 def _keep_old_config(workdir: str, step: int) -> str:
@@ -432,6 +447,7 @@ def _workdir_lock(workdir: str):
   however it exits; its file stays. Multi-process runs share the workdir by design and skip it.
   """
   import contextlib
+  import errno
   import fcntl
   if jax.process_count() > 1:
     return contextlib.nullcontext()
@@ -439,6 +455,8 @@ def _workdir_lock(workdir: str):
     os.makedirs(workdir, exist_ok=True)
     handle = open(os.path.join(workdir, '.lock'), 'a')
   except OSError as e:
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+      return contextlib.nullcontext()  # read-only: nothing can be trained here; later writes say so
     raise RunError(f'cannot write to workdir {workdir}: {e.strerror or e}') from e
   try:
     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -213,6 +213,21 @@ def test_a_finished_run_trains_nothing_and_keeps_its_config(tmp_path):
                                      overwrite=True) == {}
   assert (tmp_path / 'config.json').read_text() == before
   assert sorted(os.listdir(workdir)) == files  # no new TensorBoard event file either
+  # Settings that leave what was trained alone (here for the evaluation to come) are taken, or a
+  # sweep would find the point's config never matching its own.
+  training.train_and_evaluate(small_config(**{'num_steps': 2, 'checkpoint_every': 2,
+                                              'eval.num_images': 4}), workdir)
+  assert training.load_config(workdir).eval.num_images == 4
+  assert (tmp_path / 'config-until-step-2.json').read_text() == before
+
+
+def test_only_finished_checkpoint_steps_count_as_trained(tmp_path):
+  checkpoints = tmp_path / 'checkpoints'
+  for name in ('260.orbax-checkpoint-tmp-1765143000', 'damaged'):  # interrupted save; moved aside
+    (checkpoints / name).mkdir(parents=True)
+  assert not training.has_checkpoint(str(tmp_path))
+  (checkpoints / '250').mkdir()
+  assert training.has_checkpoint(str(tmp_path))
 
 
 def test_overwrite_keeps_the_config_the_checkpoints_were_trained_under(tmp_path):
