@@ -310,7 +310,7 @@ def loop_worker(steps, data_dir, impl='auto', bare_steps=100, warmup=5):
     with open(os.path.join(workdir, 'metrics.jsonl')) as f:
       intervals = [r['train/images_per_s'] for r in map(json.loads, f)
                    if 'train/images_per_s' in r]
-  # The first log interval holds the compile (and the step-0 eval); later ones hold only steps,
+  # The first log interval holds the compile (not the step-0 eval); later ones hold only steps,
   # batch indices, logging and checkpoint saves.
   steady = statistics.median(intervals[1:]) if len(intervals) > 1 else float('nan')
   no_first = (steps - 1) * config.batch_size / (summary['train_s'] - summary['first_step_s'])
@@ -504,7 +504,7 @@ def report(result: dict, args) -> str:
     lines += ['', f"Full loop (train_and_evaluate on MNIST, tconv k3, {args.loop_steps} steps, "
               f"checkpoint every {checkpoint_every}, log every {log_every}, 1000 val images)"
               f", img/s; bare step {fmt(bare)}:", '',
-              f"- train_summary.json images_per_s (compile, step-0 eval, checkpoints included): "
+              f"- train_summary.json images_per_s (compile and checkpoints included, evals not): "
               f"{fmt(loop[0])}{ratio(loop[0])}",
               f"- the same without the first step: {fmt(loop[1])}{ratio(loop[1])}",
               f"- steady state, median log interval after the first (metrics.jsonl): "
