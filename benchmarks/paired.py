@@ -7,9 +7,9 @@
 Why paired: on the shared 2-core machine the same step's speed moves by 10-20% from one process
 to the next and over minutes, more than most single changes gain, so two separate runs cannot
 tell a 5% change from noise. Here both variants are compiled in one process (the attribute is set
-and JAX's caches cleared before each is traced and compiled, then left at B) and timed in alternating short blocks (A B, then B A, ...),
-so drifts hit both alike; the result is the median over rounds of the per-round ratio B/A, with
-its interquartile range. An A/A run (the same value twice) shows the noise floor.
+and JAX's caches cleared before each is traced and compiled, then left at B) and timed in
+alternating short blocks (A B, then B A, ...), so drifts hit both alike; the result is the median
+over rounds of the per-round ratio B/A, with its interquartile range. An A/A run (the same value twice) shows the noise floor.
 
 One step is `benchmarks.throughput`'s: the jitted `training.train_step` of the benchmark model,
 batch 128, `batch_splits` as train.py resolves it.

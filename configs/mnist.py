@@ -25,7 +25,7 @@ def get_config():
   c.model = ml_collections.ConfigDict()
   c.model.kind = 'ae'  # 'ae' | 'vae'
   c.model.upsample = 'tconv'  # a block of decoders.upsample.UPSAMPLERS, or one per stage: 'resize_conv,tconv'
-  c.model.impl = 'auto'  # every conv's implementation: 'auto' | 'reference' (XLA's convs and autodiff) | 'polyphase'; an 'impl' entry written into a block's upsample_options dict in a config file overrides it for that block (not settable by flag: the dicts here hold no 'impl' key)
+  c.model.impl = 'auto'  # every conv's implementation: 'auto' | 'reference' (XLA's convs and autodiff) | 'polyphase'; a block's 'impl' in upsample_options overrides it (config files only)
   c.model.widths = (32, 64)  # encoder channels per stride-2 stage; the decoder mirrors them
   c.model.latent_dim = 32  # size of the dense latent code
   c.model.likelihood_std = 0.1  # vae: std of the Gaussian pixel likelihood in the ELBO

@@ -27,6 +27,16 @@ DAMAGED_DIR = 'damaged'  # Under the checkpoint directory; not an integer, so or
 _TMP_MARKER = '.orbax-checkpoint-tmp'
 
 
+def has_finished_step(directory: str | os.PathLike) -> bool:
+  """Whether `directory` holds a finished step: a directory named by its step number (not an
+  interrupted save's temporary directory, nor `DAMAGED_DIR`). Creates nothing, unlike
+  `Checkpointer`."""
+  try:
+    return any(name.isdigit() for name in os.listdir(directory))
+  except OSError:
+    return False
+
+
 class CheckpointError(RuntimeError):
   """Checkpoints exist but none can be restored into the target; the message is one line."""
 

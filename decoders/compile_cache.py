@@ -3,10 +3,10 @@
 A rerun, a resume or a sweep point whose programs were compiled before (same model, shapes,
 config and JAX version) loads them from disk instead of compiling them again: a 20-step MNIST
 run whose programs are cached starts its first step after 0.6-0.7 s instead of 3.9-5.0 s on the
-2-core CPU (`python -m benchmarks.compile_cache`, BENCHMARKS.md, "Every program cached"). Results do not depend
-on it (tests/test_compile_cache.py: a run with a warm cache ends with the parameters of one with a
-cold cache, bit for bit). XLA:CPU's loader compares a cached program's CPU features with this
-machine's and, on a mismatch, logs an error and compiles afresh.
+2-core CPU (`python -m benchmarks.compile_cache`, BENCHMARKS.md, "Every program cached"). Results
+do not depend on it (tests/test_compile_cache.py: a run with a warm cache ends with the
+parameters of one with a cold cache, bit for bit). XLA:CPU's loader compares a cached program's
+CPU features with this machine's and, on a mismatch, logs an error and compiles afresh.
 
 JAX's own variable decides: with JAX_COMPILATION_CACHE_DIR set, to a folder or to nothing (no
 cache), nothing here changes it; unset, the cache lives in $XDG_CACHE_HOME/decoders/jax

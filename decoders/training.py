@@ -2,8 +2,10 @@
 
 One run = one process, one config, one workdir; the workdir alone rebuilds the run:
 
-  workdir/config.json       the config, written first
+  workdir/config.json       the config, written first (and config-until-step-<N>.json: the
+                            config the checkpoints up to step N were trained under, when it changed)
   workdir/checkpoints/      orbax steps (restored newest-valid-first)
+  workdir/.lock             held by the process training in the workdir
   workdir/metrics.jsonl     one JSON line per log step (and eval)
   workdir/train_timing.json training seconds up to the last checkpoint, for a resumed run's summary
   workdir/train_summary.json  training seconds and images/s over all attempts, at the end
@@ -12,10 +14,14 @@ One run = one process, one config, one workdir; the workdir alone rebuilds the r
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import functools
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -136,12 +142,13 @@ def _flatten(config_dict, prefix=''):
   return out
 
 
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(workdir, 'checkpoints')
+
+
 def has_checkpoint(workdir: str) -> bool:
-  """Whether workdir/checkpoints lists a finished step (a directory named by its step)."""
-  try:
-    return any(name.isdigit() for name in os.listdir(os.path.join(workdir, 'checkpoints')))
-  except OSError:
-    return False
+  """Whether the run in `workdir` has trained anything: a finished checkpoint step."""
+  return checkpoint.has_finished_step(checkpoint_dir(workdir))
 
 
 def check_workdir(workdir: str, config, *, overwrite: bool) -> tuple[list[str], list[str]]:
@@ -327,7 +334,7 @@ class Run:
 
   @functools.cached_property
   def checkpoints(self) -> checkpoint.Checkpointer:
-    return checkpoint.Checkpointer(os.path.join(self.workdir, 'checkpoints'),
+    return checkpoint.Checkpointer(checkpoint_dir(self.workdir),
                                    max_to_keep=self.config.keep_checkpoints)
 
   def model(self, state) -> models.AutoEncoder:
@@ -363,12 +370,12 @@ class Run:
 def restore_for_eval(workdir: str):
   """(config, model, step, skipped) of the newest valid checkpoint of the run in `workdir`."""
   config = load_config(workdir)
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+  if not os.path.isdir(checkpoint_dir(workdir)):
     raise RunError(f'no checkpoints in {workdir}: train first')
   run = Run(config, workdir)
   step, state = run.restore()
   if step == 0:
-    raise RunError(f'no checkpoint in {os.path.join(workdir, "checkpoints")}: train first')
+    raise RunError(f'no checkpoint in {checkpoint_dir(workdir)}: train first')
   return config, run.model(state), step, list(run.checkpoints.skipped)
 
 
@@ -427,7 +434,6 @@ def _take_new_config(workdir: str, config, step: int, changed: list[str], what: 
 
 def _keep_old_config(workdir: str, step: int) -> str:
   """Copies config.json to config-until-step-<step>.json (a new name if taken); returns the name."""
-  import shutil
   name, n = f'config-until-step-{step}.json', 1
   while os.path.exists(os.path.join(workdir, name)):
     n += 1
@@ -446,9 +452,6 @@ def _workdir_lock(workdir: str):
   under the other. The lock is an advisory flock, released by the OS when the process exits,
   however it exits; its file stays. Multi-process runs share the workdir by design and skip it.
   """
-  import contextlib
-  import errno
-  import fcntl
   if jax.process_count() > 1:
     return contextlib.nullcontext()
   try:

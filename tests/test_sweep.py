@@ -129,7 +129,8 @@ def test_tiny_sweep_runs_skips_finished_and_aggregates(tmp_path):
   assert not sweep.is_finished(dict(point, **{'model.latent_dim': 8}), workdir)
   with open(os.path.join(workdir, 'eval.json')) as f:
     record = json.load(f)
-  with open(os.path.join(workdir, 'eval.json'), 'w') as f:  # as eval.py --split=val wrote it before eval_val.json
+  # An eval.json of the val split, as eval.py --split=val wrote it before eval_val.json existed.
+  with open(os.path.join(workdir, 'eval.json'), 'w') as f:
     json.dump(dict(record, split='val'), f)
   assert not sweep.is_finished(point, workdir)
   assert sweep._read(workdir)['psnr'] is None  # val numbers never fill the test columns

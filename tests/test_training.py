@@ -139,11 +139,15 @@ def test_eval_time_is_not_training_time(tmp_path, monkeypatch):
   assert [ips for _, ips in logged(str(tmp_path), 'train/images_per_s')] == [32.0, 32.0]
 
 
+def diverging_config(checkpoint_every: int):
+  """Measured: with this learning rate the VAE's loss first turns non-finite at step 3."""
+  return small_config(**{'num_steps': 60, 'checkpoint_every': checkpoint_every, 'log_every': 1,
+                         'model.kind': 'vae', 'learning_rate': 1e4, 'warmup_steps': 10,
+                         'lr_schedule': 'constant'})
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-  # Measured: with this learning rate the VAE's loss first turns non-finite at step 3.
-  config = small_config(**{'num_steps': 60, 'checkpoint_every': 2, 'log_every': 1,
-                           'model.kind': 'vae', 'learning_rate': 1e4, 'warmup_steps': 10,
-                           'lr_schedule': 'constant'})
+  config = diverging_config(checkpoint_every=2)
   with pytest.raises(training.RunError, match=r'non-finite at step 3; stopped without saving; '
                      r'the last good checkpoint is step 2'):
     training.train_and_evaluate(config, str(tmp_path))
@@ -188,11 +192,8 @@ def test_a_refused_resume_leaves_config_json_as_it_was(tmp_path):
 
 def test_a_run_that_failed_before_its_first_checkpoint_does_not_hold_its_config(tmp_path):
   workdir = str(tmp_path)
-  diverging = small_config(**{'num_steps': 60, 'checkpoint_every': 50, 'log_every': 1,
-                              'model.kind': 'vae', 'learning_rate': 1e4, 'warmup_steps': 10,
-                              'lr_schedule': 'constant'})
   with pytest.raises(training.RunError, match='stopped before any checkpoint'):
-    training.train_and_evaluate(diverging, workdir)
+    training.train_and_evaluate(diverging_config(checkpoint_every=50), workdir)
   assert os.path.exists(tmp_path / 'config.json') and not training.has_checkpoint(workdir)
   # Nothing was trained: the corrected config starts here, and config.json becomes its own.
   fixed = small_config(num_steps=2, checkpoint_every=2, log_every=1)
